@@ -1,0 +1,70 @@
+"""Work-arounds for the traps of the pinned stack (see ../shared/ENVIRONMENT.md).
+
+Every function here is idempotent and cheap after its first call. Users never set environment
+variables by hand: the plugin calls these from its import paths and the start-up hook.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+_TORCHVISION_LIBRARY: Any = None  # keeps the fallback op schemas alive for the process
+
+
+def ensure_torchvision_importable() -> None:
+    """Make `import torchvision` work with a CPU-only torch.
+
+    torchvision's PyPI wheel is a CUDA build; with a CPU torch its `_C.so` cannot load and its
+    import dies registering fake kernels for `torchvision::nms`. When the library does not load
+    we define the two op schemas it needs, so the pure-Python parts nerfstudio uses import fine.
+    """
+    global _TORCHVISION_LIBRARY
+    if _TORCHVISION_LIBRARY is not None:
+        return
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:
+        return
+    import torch
+
+    so_path = Path(spec.origin).parent / "_C.so"
+    if so_path.exists():
+        try:
+            torch.ops.load_library(str(so_path))
+            return  # the real extension works (CUDA torch): nothing to do
+        except (OSError, RuntimeError):
+            pass
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _TORCHVISION_LIBRARY = lib
+
+
+def allow_nerfstudio_checkpoints() -> None:
+    """Let torch >= 2.6 load nerfstudio 1.1.5 checkpoints (they pickle more than tensors).
+
+    nerfstudio's own `eval_setup` calls `torch.load` without `weights_only`; our plugin is
+    imported by nerfstudio's method discovery before any checkpoint loads, so setting torch's
+    documented opt-out here covers ns-render, ns-viewer and ns-eval.
+    """
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+
+def local_lpips_weights() -> Optional[Path]:
+    """The AlexNet weights LPIPS needs, if already in the user's torch cache; never downloads."""
+    try:
+        import torch
+
+        hub_dir = Path(torch.hub.get_dir())
+    except Exception:
+        return None
+    candidate = hub_dir / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    return candidate if candidate.exists() else None
+
+
+def apply_all() -> None:
+    """Everything a gstalker entry point needs before it imports nerfstudio."""
+    ensure_torchvision_importable()
+    allow_nerfstudio_checkpoints()

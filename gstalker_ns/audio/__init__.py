@@ -1,0 +1,1 @@
+"""Audio input and per-frame audio features (the model's driving signal)."""

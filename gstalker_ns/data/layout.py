@@ -1,0 +1,305 @@
+"""The on-disk layout of a gstalker training folder: names, label values, reading and writing.
+
+One folder per subject::
+
+    person/
+      transforms.json          cameras, intrinsics, per-frame entries, pointers to the files below
+      frames/000000.jpg ...     RGB frames (JPEG or PNG), one per video frame at `fps`
+      masks/000000.png ...      single-channel label maps (values: see LABEL_*)
+      background.png            the clean background plate, same size as the frames
+      audio.wav                 16 kHz mono PCM
+      audio_features.npy        float [num_frames, window, dim]: one feature window per video frame
+      ground_truth.json         optional (synthetic subjects): exact per-frame mouth opening etc.
+
+Cameras are camera-to-world 4x4 matrices in nerfstudio's OpenGL convention (x right, y up,
+camera looking down -z). The world is the subject's head frame: origin at the head centre,
++y up, +z out of the face. A moving head therefore shows up as a moving camera.
+
+Everything here is plain numpy/json so preprocessing and tests can use it without nerfstudio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+FORMAT_NAME = "gstalker-talking-portrait"
+FORMAT_VERSION = 1
+TRANSFORMS_FILE = "transforms.json"
+GROUND_TRUTH_FILE = "ground_truth.json"
+DEFAULT_FPS = 25.0
+AUDIO_SAMPLE_RATE = 16000
+
+# Values of the label maps in masks/. Larger values win where regions overlap.
+LABEL_BACKGROUND = 0
+LABEL_TORSO = 1  # neck and torso
+LABEL_HEAD = 2  # face, hair, ears
+LABEL_LIPS = 3
+LABEL_MOUTH_INTERIOR = 4  # cavity and teeth
+LABEL_NAMES = {
+    LABEL_BACKGROUND: "background",
+    LABEL_TORSO: "torso",
+    LABEL_HEAD: "head",
+    LABEL_LIPS: "lips",
+    LABEL_MOUTH_INTERIOR: "mouth_interior",
+}
+
+
+class DatasetError(ValueError):
+    """A training folder is missing a file or holds inconsistent data. The message is one line
+    that names the file and says what to do."""
+
+
+@dataclass
+class FrameEntry:
+    """One video frame of the subject."""
+
+    frame_idx: int
+    file_path: str
+    mask_path: Optional[str]
+    camera_to_world: np.ndarray  # [4, 4] float, OpenGL convention, head frame as world
+    blink: float = 0.0  # 0 = eyes open, 1 = closed
+
+
+@dataclass
+class TalkingPortraitLayout:
+    """Everything transforms.json says, with paths resolved against the folder."""
+
+    root: Path
+    fps: float
+    width: int
+    height: int
+    fl_x: float
+    fl_y: float
+    cx: float
+    cy: float
+    frames: List[FrameEntry]
+    background: Optional[str]
+    audio: Optional[str]
+    audio_features: str
+    audio_extractor: Dict[str, Any]
+    head_radius: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers never see a partial one (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_transforms(
+    root: Path,
+    *,
+    fps: float,
+    width: int,
+    height: int,
+    fl_x: float,
+    fl_y: float,
+    cx: float,
+    cy: float,
+    frames: Sequence[FrameEntry],
+    audio_extractor: Dict[str, Any],
+    background: Optional[str] = "background.png",
+    audio: Optional[str] = "audio.wav",
+    audio_features: str = "audio_features.npy",
+    head_radius: Optional[float] = None,
+    extra: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Write transforms.json for a folder whose frames, masks and audio files are in place."""
+    payload: Dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "fps": float(fps),
+        "width": int(width),
+        "height": int(height),
+        "fl_x": float(fl_x),
+        "fl_y": float(fl_y),
+        "cx": float(cx),
+        "cy": float(cy),
+        "background": background,
+        "audio": audio,
+        "audio_features": audio_features,
+        "audio_extractor": audio_extractor,
+    }
+    if head_radius is not None:
+        payload["head_radius"] = float(head_radius)
+    if extra:
+        payload.update(extra)
+    payload["frames"] = [
+        {
+            "frame_idx": int(f.frame_idx),
+            "file_path": f.file_path,
+            "mask_path": f.mask_path,
+            "transform_matrix": np.asarray(f.camera_to_world, dtype=float).round(8).tolist(),
+            "blink": round(float(f.blink), 5),
+        }
+        for f in frames
+    ]
+    out = Path(root) / TRANSFORMS_FILE
+    atomic_write_json(out, payload)
+    return out
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise DatasetError(message)
+
+
+def read_transforms(root: Path) -> TalkingPortraitLayout:
+    """Parse and check transforms.json. Raises DatasetError with a one-line message."""
+    root = Path(root)
+    _require(root.is_dir(), f"{root}: no such folder; pass the folder written by gstalker-process or gstalker-synth")
+    tpath = root / TRANSFORMS_FILE
+    _require(
+        tpath.exists(),
+        f"{tpath}: missing; this folder is not a gstalker training folder "
+        "(create one with `gstalker-process VIDEO OUT/` or `gstalker-synth OUT/`)",
+    )
+    try:
+        meta = json.loads(tpath.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(
+            f"{tpath}: malformed JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); "
+            "fix the file or re-run the preprocessing that wrote it"
+        ) from None
+    _require(isinstance(meta, dict), f"{tpath}: expected a JSON object at the top level; re-run preprocessing")
+    fmt = meta.get("format")
+    _require(
+        fmt in (None, FORMAT_NAME),
+        f"{tpath}: format '{fmt}' is not '{FORMAT_NAME}'; re-run preprocessing with gstalker-process",
+    )
+    required = ["width", "height", "fl_x", "fl_y", "cx", "cy", "frames", "audio_features"]
+    missing = [k for k in required if k not in meta]
+    _require(not missing, f"{tpath}: missing key(s) {', '.join(missing)}; re-run preprocessing to rewrite it")
+    frames_raw = meta["frames"]
+    _require(
+        isinstance(frames_raw, list) and len(frames_raw) > 0,
+        f"{tpath}: 'frames' must be a non-empty list; re-run preprocessing",
+    )
+    frames: List[FrameEntry] = []
+    for i, raw in enumerate(frames_raw):
+        try:
+            matrix = np.asarray(raw["transform_matrix"], dtype=np.float64)
+            file_path = str(raw["file_path"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(
+                f"{tpath}: frame entry {i} lacks a valid {exc} (needs file_path and a 4x4 transform_matrix); "
+                "re-run preprocessing"
+            ) from None
+        _require(
+            matrix.shape in ((4, 4), (3, 4)),
+            f"{tpath}: frame entry {i} has a transform_matrix of shape {matrix.shape}, expected 4x4; re-run preprocessing",
+        )
+        _require(np.isfinite(matrix).all(), f"{tpath}: frame entry {i} has a non-finite transform_matrix")
+        if matrix.shape == (3, 4):
+            matrix = np.concatenate([matrix, [[0.0, 0.0, 0.0, 1.0]]], axis=0)
+        frames.append(
+            FrameEntry(
+                frame_idx=int(raw.get("frame_idx", i)),
+                file_path=file_path,
+                mask_path=raw.get("mask_path"),
+                camera_to_world=matrix,
+                blink=float(raw.get("blink", 0.0)),
+            )
+        )
+    known = set(required) | {"format", "version", "fps", "background", "audio", "audio_extractor", "head_radius"}
+    return TalkingPortraitLayout(
+        root=root,
+        fps=float(meta.get("fps", DEFAULT_FPS)),
+        width=int(meta["width"]),
+        height=int(meta["height"]),
+        fl_x=float(meta["fl_x"]),
+        fl_y=float(meta["fl_y"]),
+        cx=float(meta["cx"]),
+        cy=float(meta["cy"]),
+        frames=frames,
+        background=meta.get("background"),
+        audio=meta.get("audio"),
+        audio_features=str(meta["audio_features"]),
+        audio_extractor=dict(meta.get("audio_extractor") or {}),
+        head_radius=meta.get("head_radius"),
+        extra={k: v for k, v in meta.items() if k not in known},
+    )
+
+
+def check_files(layout: TalkingPortraitLayout) -> None:
+    """Check that every file transforms.json points at exists (cheap: stat calls only)."""
+    tpath = layout.root / TRANSFORMS_FILE
+    for name in ("background", "audio"):
+        rel = getattr(layout, name)
+        if rel is not None:
+            _require(
+                layout.path(rel).exists(),
+                f"{layout.path(rel)}: missing ({name} named in {tpath}); restore it or re-run preprocessing",
+            )
+    _require(
+        layout.path(layout.audio_features).exists(),
+        f"{layout.path(layout.audio_features)}: missing (audio features named in {tpath}); "
+        "re-run preprocessing to extract them",
+    )
+    for frame in layout.frames:
+        for rel in (frame.file_path, frame.mask_path):
+            if rel is not None and not layout.path(rel).exists():
+                raise DatasetError(
+                    f"{layout.path(rel)}: missing (frame {frame.frame_idx} in {tpath}); "
+                    "restore the file or re-run preprocessing"
+                )
+
+
+def load_audio_features(layout: TalkingPortraitLayout) -> np.ndarray:
+    """Load the [N, window, dim] feature table; clamp or refuse on a count mismatch with frames."""
+    fpath = layout.path(layout.audio_features)
+    try:
+        table = np.load(fpath, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{fpath}: unreadable ({exc}); re-run preprocessing to extract the features") from None
+    _require(
+        table.ndim in (2, 3),
+        f"{fpath}: expected a [frames, window, dim] array, got shape {tuple(table.shape)}; re-run preprocessing",
+    )
+    if table.ndim == 2:
+        table = table[:, None, :]
+    max_idx = max(f.frame_idx for f in layout.frames)
+    needed = max_idx + 1
+    # Feature extractors commonly produce one window less than there are frames: clamp that case.
+    if table.shape[0] < needed - 1:
+        raise DatasetError(
+            f"{fpath}: has {table.shape[0]} feature windows but {layout.root / TRANSFORMS_FILE} has frames up to "
+            f"index {max_idx}; the features do not belong to these frames: re-run preprocessing"
+        )
+    return np.array(table, dtype=np.float32)  # a private, writable copy (the file may be memory-mapped)

@@ -1,0 +1,255 @@
+"""Deformation fields that move the canonical Gaussians per frame (GSTalker stage 2).
+
+Head: hash tri-plane features of the canonical position, the frame's smoothed audio code and the
+eye-blink value go through a small MLP that predicts position, rotation and log-scale offsets.
+Torso: the same with the head pose in place of audio and blink.
+
+Choices, and why:
+- The output layer starts at ~1e-5, so a fresh field returns ~zero offsets and stage 2 starts
+  from the static stage-1 Gaussians, learning only residual motion.
+- Position offsets are `max_offset * tanh(.)` times the aabb's largest side: bounded (a Gaussian
+  cannot be flung away by one bad step) and independent of the scene's scale. Log-scale offsets
+  are bounded likewise by `max_scale_offset`; quaternion offsets are left free (gsplat
+  normalises the quaternion after the offset is added).
+- Region attention (ER-NeRF, TalkingGaussian): the audio code is multiplied channel-wise by an
+  attention predicted from the position features, and the blink value by a sigmoid gate, so
+  regions away from the mouth / eyes can learn to ignore them.
+- `detach_xyz=True` by default: the grids see the canonical positions without gradient, as in
+  Deformable-3DGS (`deform.step(xyz.detach(), t)`); TalkingGaussian does not detach. The
+  positional gradient of a hash grid is piecewise constant and aliased by hash collisions,
+  which would push canonical means around for reasons unrelated to the image. The means are
+  still optimised: `apply_deformation` adds the offsets to them, so the photometric gradient
+  reaches them unchanged. Pass `detach_xyz=False` for the fully coupled variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .hash_triplane import HashTriplane
+
+__all__ = ["DeformationOutput", "apply_deformation", "AudioDeformationField", "PoseDeformationField"]
+
+_OUT_XYZ, _OUT_QUAT, _OUT_SCALE = 3, 4, 3
+
+
+@dataclass
+class DeformationOutput:
+    """Per-Gaussian offsets for one frame."""
+
+    d_xyz: Tensor  # [N, 3] position offsets, world units
+    d_quat: Tensor  # [N, 4] added to the (unnormalised) canonical quaternion
+    d_scale: Tensor  # [N, 3] added to the canonical log-scales
+
+    @classmethod
+    def zeros(cls, num: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "DeformationOutput":
+        """No motion (e.g. for stage 1, or Gaussians no field covers)."""
+        z = lambda d: torch.zeros(num, d, device=device, dtype=dtype)  # noqa: E731
+        return cls(z(_OUT_XYZ), z(_OUT_QUAT), z(_OUT_SCALE))
+
+
+def apply_deformation(
+    means: Tensor, quats: Tensor, log_scales: Tensor, out: DeformationOutput
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Deformed (means, quats, log_scales); quats are not normalised here (the rasteriser does)."""
+    return means + out.d_xyz, quats + out.d_quat, log_scales + out.d_scale
+
+
+def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
+    """`num_layers` hidden Linear+ReLU layers, then a linear output layer."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(dim, hidden_dim), nn.ReLU()]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def _as_row(value: Tensor | float, dim: int, name: str, like: Tensor) -> Tensor:
+    """A per-frame condition ([dim], [1, dim] or a scalar when dim == 1) as [1, dim] float."""
+    t = torch.as_tensor(value, device=like.device).float().reshape(1, -1)
+    if t.shape[1] != dim:
+        raise ValueError(f"{name}: expected {dim} values for one frame, got shape {tuple(torch.as_tensor(value).shape)}")
+    return t
+
+
+class _GridDeformationField(nn.Module):
+    """Shared part: aabb normalisation, tri-plane encoding and the offset head."""
+
+    def __init__(
+        self,
+        aabb: Tensor,
+        cond_dim: int,
+        num_levels: int,
+        features_per_level: int,
+        log2_hashmap_size: int,
+        base_resolution: int,
+        max_resolution: int,
+        hidden_dim: int,
+        num_layers: int,
+        implementation: str,
+        max_offset: float,
+        max_scale_offset: float,
+        detach_xyz: bool,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("aabb", torch.zeros(2, 3))
+        self.set_aabb(aabb)
+        self.encoding = HashTriplane(
+            num_levels, features_per_level, log2_hashmap_size, base_resolution, max_resolution, implementation
+        )
+        self.max_offset = max_offset
+        self.max_scale_offset = max_scale_offset
+        self.detach_xyz = detach_xyz
+        self.head = _mlp(self.encoding.out_dim + cond_dim, hidden_dim, num_layers, _OUT_XYZ + _OUT_QUAT + _OUT_SCALE)
+        last = self.head[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.uniform_(last.weight, -1e-5, 1e-5)
+        nn.init.zeros_(last.bias)
+
+    @torch.no_grad()
+    def set_aabb(self, aabb: Tensor) -> None:
+        """Set the box [2, 3] (min, max) mapped to the grids' [0, 1]^3; saved in the state dict."""
+        aabb = torch.as_tensor(aabb).reshape(2, 3).to(self.aabb)
+        if not bool((aabb[1] > aabb[0]).all()):
+            raise ValueError(f"aabb max must exceed min on every axis, got {aabb.tolist()}")
+        self.aabb.copy_(aabb)
+
+    def normalize(self, xyz: Tensor) -> Tensor:
+        """World positions -> [0, 1]^3 of the aabb (not clamped; the tri-plane clamps)."""
+        return (xyz.float() - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
+
+    def encode_xyz(self, xyz: Tensor) -> Tensor:
+        x01 = self.normalize(xyz.detach() if self.detach_xyz else xyz)
+        return self.encoding(x01)
+
+    def decode(self, h: Tensor) -> DeformationOutput:
+        """Head input [N, in] -> bounded offsets."""
+        raw = self.head(h)
+        extent = (self.aabb[1] - self.aabb[0]).max()
+        d_xyz = torch.tanh(raw[:, :_OUT_XYZ]) * (self.max_offset * extent)
+        d_quat = raw[:, _OUT_XYZ : _OUT_XYZ + _OUT_QUAT]
+        d_scale = torch.tanh(raw[:, _OUT_XYZ + _OUT_QUAT :]) * self.max_scale_offset
+        return DeformationOutput(d_xyz=d_xyz, d_quat=d_quat, d_scale=d_scale)
+
+
+class AudioDeformationField(_GridDeformationField):
+    """Head motion: tri-plane(x) ++ attended audio code ++ gated blink -> MLP -> offsets.
+
+    num_layers counts the hidden layers of the offset MLP (each `hidden_dim` wide).
+    max_offset is the bound of |d_xyz| per axis as a fraction of the aabb's largest side.
+    """
+
+    def __init__(
+        self,
+        aabb: Tensor,
+        audio_dim: int = 32,
+        num_levels: int = 12,
+        features_per_level: int = 2,
+        log2_hashmap_size: int = 16,
+        base_resolution: int = 16,
+        max_resolution: int = 512,
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        implementation: str = "auto",
+        max_offset: float = 0.2,
+        max_scale_offset: float = 1.0,
+        detach_xyz: bool = True,
+        region_attention: bool = True,
+    ) -> None:
+        super().__init__(
+            aabb,
+            audio_dim + 1,
+            num_levels,
+            features_per_level,
+            log2_hashmap_size,
+            base_resolution,
+            max_resolution,
+            hidden_dim,
+            num_layers,
+            implementation,
+            max_offset,
+            max_scale_offset,
+            detach_xyz,
+        )
+        self.audio_dim = audio_dim
+        self.region_attention = region_attention
+        if region_attention:
+            # ER-NeRF sizes: audio attention MLP(in, audio_dim, 64, 2) unbounded; eye MLP(in, 1, 16, 2) + sigmoid.
+            self.audio_attention = _mlp(self.encoding.out_dim, 64, 1, audio_dim)
+            self.blink_attention = _mlp(self.encoding.out_dim, 16, 1, 1)
+
+    def forward(self, xyz: Tensor, audio_code: Tensor, blink: Tensor | float) -> DeformationOutput:
+        """xyz [N, 3]; audio_code [A] or [1, A] (one frame); blink: scalar, [1] or [1, 1]."""
+        enc_x = self.encode_xyz(xyz)
+        n = enc_x.shape[0]
+        audio = _as_row(audio_code, self.audio_dim, "audio_code", enc_x).expand(n, -1)
+        eye = _as_row(blink, 1, "blink", enc_x).expand(n, -1)
+        if self.region_attention:
+            audio = audio * self.audio_attention(enc_x)
+            eye = eye * torch.sigmoid(self.blink_attention(enc_x))
+        return self.decode(torch.cat([enc_x, audio, eye], dim=-1))
+
+
+class PoseDeformationField(_GridDeformationField):
+    """Torso motion: tri-plane(x) ++ frequency-encoded pose -> MLP -> offsets.
+
+    The torso moves with the head pose but not rigidly (neck, shoulders); the pose is encoded
+    as [p, sin(2^k p), cos(2^k p)] for k < pose_frequencies (ER-NeRF's torso net uses 4) so
+    the small MLP can express non-linear dependence. pose_frequencies=0 feeds the raw pose.
+    """
+
+    def __init__(
+        self,
+        aabb: Tensor,
+        pose_dim: int,
+        num_levels: int = 12,
+        features_per_level: int = 2,
+        log2_hashmap_size: int = 16,
+        base_resolution: int = 16,
+        max_resolution: int = 512,
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        implementation: str = "auto",
+        max_offset: float = 0.2,
+        max_scale_offset: float = 1.0,
+        detach_xyz: bool = True,
+        pose_frequencies: int = 4,
+    ) -> None:
+        super().__init__(
+            aabb,
+            pose_dim * (1 + 2 * pose_frequencies),
+            num_levels,
+            features_per_level,
+            log2_hashmap_size,
+            base_resolution,
+            max_resolution,
+            hidden_dim,
+            num_layers,
+            implementation,
+            max_offset,
+            max_scale_offset,
+            detach_xyz,
+        )
+        self.pose_dim = pose_dim
+        self.pose_frequencies = pose_frequencies
+
+    def encode_pose(self, pose: Tensor) -> Tensor:
+        """[P] or [1, P] -> [1, P * (1 + 2 * pose_frequencies)]."""
+        p = _as_row(pose, self.pose_dim, "pose", self.aabb)
+        if self.pose_frequencies == 0:
+            return p
+        freqs = 2.0 ** torch.arange(self.pose_frequencies, device=p.device, dtype=p.dtype)
+        angles = (p.unsqueeze(-1) * freqs).reshape(1, -1)
+        return torch.cat([p, torch.sin(angles), torch.cos(angles)], dim=-1)
+
+    def forward(self, xyz: Tensor, pose: Tensor) -> DeformationOutput:
+        """xyz [N, 3]; pose [P] (one frame) -> offsets."""
+        enc_x = self.encode_xyz(xyz)
+        cond = self.encode_pose(pose).to(enc_x.device).expand(enc_x.shape[0], -1)
+        return self.decode(torch.cat([enc_x, cond], dim=-1))

@@ -1,0 +1,492 @@
+"""GSTalker as a nerfstudio model: splatfacto's Gaussians, deformed per frame by audio and pose.
+
+Two kinds of Gaussians live in one set, told apart by `gaussian_part` (0 head, 1 torso):
+- head Gaussians: canonical (static) positions in the head frame, offset per frame by the
+  audio-driven deformation field (hash-grid tri-plane features + temporally smoothed audio + blink);
+- torso Gaussians: offset by the pose-conditioned field, because the torso does not follow the
+  head rigidly while the head frame is our world.
+Training runs in two stages: `coarse_steps` of static Gaussians (stage 1), then the deformation
+fields switch on (stage 2). The render is composited over the clip's background plate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, Type, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn import Parameter
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.optimizers import Optimizers
+from nerfstudio.models.splatfacto import (
+    RGB2SH,
+    SplatfactoModel,
+    SplatfactoModelConfig,
+    get_viewmat,
+    num_sh_bases,
+    random_quat_tensor,
+)
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from gstalker_ns import _compat
+from gstalker_ns.data.dataparser import pose_codes
+from gstalker_ns.data.layout import LABEL_LIPS
+from gstalker_ns.data.seed_points import PART_HEAD, PART_TORSO
+from gstalker_ns.fields import (
+    AudioDeformationField,
+    DeformationOutput,
+    PoseDeformationField,
+    SmoothedAudioEncoder,
+    apply_deformation,
+)
+from gstalker_ns.splatting import backend_for, rasterize
+from gstalker_ns.strategy import CappedDefaultStrategy
+
+GAUSSIAN_PARAM_NAMES = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+
+
+@dataclass
+class GSTalkerModelConfig(SplatfactoModelConfig):
+    """GSTalker: audio-driven deformable Gaussians for talking portraits."""
+
+    _target: Type = field(default_factory=lambda: GSTalkerModel)
+    # --- Gaussians
+    init_gaussians: int = 30000
+    """Initial Gaussians, sampled from the dataparser's seed points (head and torso)."""
+    max_gaussians: int = 200000
+    """Hard cap on the Gaussian count during densification."""
+    pause_refine_after_reset: int = 200
+    """Steps without refinement after each opacity reset (a fixed number, not the frame count)."""
+    num_downscales: int = 1
+    """Train at 1/2^d resolution at first (doubles every resolution_schedule steps)."""
+    resolution_schedule: int = 2000
+    sh_degree: int = 3
+    warmup_length: int = 500
+    refine_every: int = 100
+    stop_split_at: int = 20000
+    densify_grad_thresh: float = 0.0004
+    # --- Stages
+    coarse_steps: int = 3000
+    """Stage 1: static Gaussians only. The deformation fields switch on after this many steps."""
+    # --- Audio and deformation fields
+    audio_code_dim: int = 32
+    audio_neighbours: int = 8
+    """Frames the temporal audio smoothing attends over."""
+    smooth_audio: bool = True
+    grid_levels: int = 12
+    grid_features_per_level: int = 2
+    grid_log2_hashmap_size: int = 16
+    grid_base_resolution: int = 16
+    grid_max_resolution: int = 512
+    field_hidden_dim: int = 64
+    field_num_layers: int = 2
+    grid_implementation: str = "auto"
+    """Hash-grid backend: auto (tinycudann on CUDA when importable, else torch), torch or tcnn."""
+    torso_field: bool = True
+    """Deform torso Gaussians with the pose-conditioned field."""
+    # --- Losses
+    mouth_loss_weight: float = 1.0
+    """Extra L1 weight on the lips and mouth interior."""
+    offset_reg_weight: float = 0.01
+    """Weight of the regulariser that keeps deformation offsets small (relative to head radius)."""
+    # --- Rendering
+    rasterizer: str = "auto"
+    """auto (gsplat on CUDA, the pure-PyTorch rasterizer elsewhere), gsplat or torch."""
+    use_absgrad: bool = True
+    """Densify on absolute 2D gradients (gsplat path); the torch path approximates them."""
+
+
+def _label_masks(labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Boolean masks [H, W, 1] from a label map."""
+    return {"mouth": labels >= LABEL_LIPS}
+
+
+class GSTalkerModel(SplatfactoModel):
+    """Splatfacto subclass with audio-driven head and pose-driven torso deformation."""
+
+    config: GSTalkerModelConfig
+
+    # ------------------------------------------------------------------ construction
+    def populate_modules(self) -> None:
+        metadata = self.kwargs.get("metadata") or {}
+        self.head_radius = float(metadata.get("head_radius", 1.0))
+        xyz, rgb, part = self._initial_points(metadata)
+        self._build_gaussians(xyz, rgb)
+        self.register_buffer("gaussian_part", part.to(torch.uint8))
+        self._build_drive_tables(metadata)
+        self._build_fields(xyz)
+        self._build_background(metadata)
+        self._build_metrics()
+        self.strategy = CappedDefaultStrategy(
+            prune_opa=self.config.cull_alpha_thresh,
+            grow_grad2d=self.config.densify_grad_thresh,
+            grow_scale3d=self.config.densify_size_thresh,
+            grow_scale2d=self.config.split_screen_size,
+            prune_scale3d=self.config.cull_scale_thresh,
+            prune_scale2d=self.config.cull_screen_size,
+            refine_scale2d_stop_iter=self.config.stop_screen_size_at,
+            refine_start_iter=self.config.warmup_length,
+            refine_stop_iter=self.config.stop_split_at,
+            reset_every=self.config.reset_alpha_every * self.config.refine_every,
+            refine_every=self.config.refine_every,
+            pause_refine_after_reset=self.config.pause_refine_after_reset,
+            absgrad=self.config.use_absgrad,
+            revised_opacity=False,
+            verbose=False,
+            max_gaussians=self.config.max_gaussians,
+        )
+        # The part labels ride in the strategy state so duplicate/split/prune keep them aligned.
+        self.strategy_state = self.strategy.initialize_state(scene_scale=self.head_radius)
+        self.strategy_state["part"] = self.gaussian_part
+        self.optimizers: Dict[str, torch.optim.Optimizer] = {}
+        self.step = 0
+        self.crop_box = None
+        self.background_color = torch.tensor([0.1490, 0.1647, 0.2157])
+        self.viewer_frame_idx = 0
+        self._last_deformation: Optional[DeformationOutput] = None
+
+    def _initial_points(self, metadata: Dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample the initial Gaussians from the seed points (or a random head-sized ball)."""
+        generator = torch.Generator().manual_seed(0)
+        n = self.config.init_gaussians
+        if self.seed_points is not None and len(self.seed_points[0]) > 0:
+            xyz_all = self.seed_points[0].float()
+            rgb_all = self.seed_points[1].float() / 255.0
+            part_all = metadata.get("points3D_part")
+            part_all = torch.zeros(len(xyz_all), dtype=torch.uint8) if part_all is None else part_all
+            take = torch.randperm(len(xyz_all), generator=generator)[: min(n, len(xyz_all))]
+            return xyz_all[take].cpu(), rgb_all[take].cpu(), part_all[take].cpu()
+        direction = torch.randn(n, 3, generator=generator)
+        radius = torch.rand(n, 1, generator=generator) ** (1 / 3)
+        xyz = direction / direction.norm(dim=-1, keepdim=True) * radius * self.head_radius
+        return xyz, torch.rand(n, 3, generator=generator), torch.full((n,), PART_HEAD, dtype=torch.uint8)
+
+    def _build_gaussians(self, xyz: torch.Tensor, rgb: torch.Tensor) -> None:
+        n = len(xyz)
+        distances, _ = self.k_nearest_sklearn(xyz, 3)
+        avg_dist = torch.from_numpy(distances).mean(dim=-1, keepdim=True).clamp_min(1e-4 * self.head_radius)
+        dim_sh = num_sh_bases(self.config.sh_degree)
+        shs = torch.zeros(n, dim_sh, 3)
+        if self.config.sh_degree > 0:
+            shs[:, 0, :] = RGB2SH(rgb)
+        else:
+            shs[:, 0, :] = torch.logit(rgb.clamp(1e-4, 1 - 1e-4))
+        self.gauss_params = torch.nn.ParameterDict(
+            {
+                "means": Parameter(xyz.clone()),
+                "scales": Parameter(torch.log(avg_dist.repeat(1, 3))),
+                "quats": Parameter(random_quat_tensor(n)),
+                "features_dc": Parameter(shs[:, 0, :].contiguous()),
+                "features_rest": Parameter(shs[:, 1:, :].contiguous()),
+                "opacities": Parameter(torch.logit(0.5 * torch.ones(n, 1))),
+            }
+        )
+        from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+
+        self.camera_optimizer = CameraOptimizerConfig(mode="off").setup(num_cameras=self.num_train_data, device="cpu")
+
+    def _build_drive_tables(self, metadata: Dict) -> None:
+        """The clip's audio feature table and blink track (replaced when driving with new audio)."""
+        table = metadata.get("audio_features")
+        if table is None:
+            table = torch.zeros(1, 16, 80)
+        table = torch.as_tensor(table, dtype=torch.float32)
+        blink = torch.as_tensor(metadata.get("blink", torch.zeros(len(table))), dtype=torch.float32)
+        # Non-persistent: the tables come from the dataset (or new audio), not the checkpoint.
+        self.register_buffer("audio_table", table, persistent=False)
+        self.register_buffer("blink_table", blink, persistent=False)
+        extractor = json.dumps(metadata.get("audio_extractor") or {}, sort_keys=True)
+        self.register_buffer("audio_extractor_json", torch.tensor(list(extractor.encode("utf-8")), dtype=torch.uint8))
+        pose_mean = torch.as_tensor(metadata.get("pose_code_mean", torch.zeros(9)), dtype=torch.float32)
+        pose_std = torch.as_tensor(metadata.get("pose_code_std", torch.ones(9)), dtype=torch.float32)
+        self.register_buffer("pose_code_mean", pose_mean)
+        self.register_buffer("pose_code_std", pose_std)
+        self.register_buffer("deformation_enabled", torch.tensor(False))
+
+    def _build_fields(self, xyz: torch.Tensor) -> None:
+        margin = 0.2 * self.head_radius
+        aabb = torch.stack([xyz.min(dim=0).values - margin, xyz.max(dim=0).values + margin])
+        grid = dict(
+            num_levels=self.config.grid_levels,
+            features_per_level=self.config.grid_features_per_level,
+            log2_hashmap_size=self.config.grid_log2_hashmap_size,
+            base_resolution=self.config.grid_base_resolution,
+            max_resolution=self.config.grid_max_resolution,
+            hidden_dim=self.config.field_hidden_dim,
+            num_layers=self.config.field_num_layers,
+            implementation=self.config.grid_implementation,
+        )
+        window, dim = self.audio_table.shape[1], self.audio_table.shape[2]
+        self.audio_encoder = SmoothedAudioEncoder(
+            in_dim=dim,
+            window=window,
+            code_dim=self.config.audio_code_dim,
+            num_neighbours=self.config.audio_neighbours,
+            smooth=self.config.smooth_audio,
+        )
+        self.head_field = AudioDeformationField(aabb, audio_dim=self.audio_encoder.out_dim, **grid)
+        self.torso_field = PoseDeformationField(aabb, pose_dim=9, **grid) if self.config.torso_field else None
+
+    def _build_background(self, metadata: Dict) -> None:
+        path = metadata.get("background_path")
+        if path:
+            from PIL import Image
+
+            image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+            background = torch.from_numpy(image)
+        else:
+            background = torch.zeros(1, 1, 3)
+        self.register_buffer("background_image", background)
+
+    def _build_metrics(self) -> None:
+        from pytorch_msssim import SSIM
+        from torchmetrics.image import PeakSignalNoiseRatio
+
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.ssim = SSIM(data_range=1.0, size_average=True, channel=3)
+        self.lpips = None
+        if _compat.local_lpips_weights() is not None:  # never download at model construction
+            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+            self.lpips = LearnedPerceptualImagePatchSimilarity(normalize=True)
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
+        """Resize the Gaussian-count- and size-dependent tensors to the checkpoint's, then load."""
+        count = dict["gauss_params.means"].shape[0]
+        for name, param in self.gauss_params.items():
+            self.gauss_params[name] = Parameter(torch.zeros((count,) + param.shape[1:], device=self.device))
+        for name in ("gaussian_part", "background_image", "audio_extractor_json"):
+            if name in dict:
+                setattr(self, name, torch.zeros_like(dict[name], device=self.device))
+        self.strategy_state["part"] = self.gaussian_part
+        result = super(SplatfactoModel, self).load_state_dict(dict, **kwargs)
+        self.strategy_state["part"] = self.gaussian_part
+        self.step = 30000
+        return result
+
+    @property
+    def audio_extractor(self) -> Dict:
+        """The audio feature extractor this model was trained with (as recorded in the checkpoint)."""
+        raw = bytes(self.audio_extractor_json.cpu().tolist()).decode("utf-8")
+        return json.loads(raw) if raw else {}
+
+    def set_drive(self, audio_table: torch.Tensor, blink: Optional[torch.Tensor] = None) -> None:
+        """Drive the avatar with another clip's feature table ([F, W, D]) and blink track ([F])."""
+        table = torch.as_tensor(audio_table, dtype=torch.float32, device=self.device)
+        if table.shape[1:] != self.audio_table.shape[1:]:
+            raise ValueError(
+                f"audio feature windows of shape {tuple(table.shape[1:])} do not match the model's "
+                f"{tuple(self.audio_table.shape[1:])}; extract them with the checkpoint's extractor"
+            )
+        self.audio_table = table
+        self.blink_table = (
+            torch.zeros(len(table), device=self.device) if blink is None else torch.as_tensor(blink).float().to(self.device)
+        )
+
+    # ------------------------------------------------------------------ training hooks
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        return [
+            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.step_cb, args=[training_callback_attributes.optimizers]),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.step_post_backward),
+        ]
+
+    def step_cb(self, optimizers: Optimizers, step: int) -> None:
+        self.step = step
+        self.optimizers = optimizers.optimizers
+        if step >= self.config.coarse_steps and not bool(self.deformation_enabled):
+            self.deformation_enabled.fill_(True)
+            CONSOLE.log(f"[gstalker] step {step}: stage 2, audio/pose deformation fields on")
+
+    def step_post_backward(self, step: int) -> None:
+        if getattr(self, "info", None) is None or self.info["means2d"].grad is None:
+            return
+        self.strategy.step_post_backward(
+            params=self.gauss_params,
+            optimizers={name: self.optimizers[name] for name in GAUSSIAN_PARAM_NAMES},
+            state=self.strategy_state,
+            step=step,
+            info=self.info,
+            packed=False,
+        )
+        self.gaussian_part = self.strategy_state["part"]
+
+    def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {name: [self.gauss_params[name]] for name in GAUSSIAN_PARAM_NAMES}
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        groups = self.get_gaussian_param_groups()
+        deformation = list(self.audio_encoder.parameters()) + list(self.head_field.parameters())
+        if self.torso_field is not None:
+            deformation += list(self.torso_field.parameters())
+        groups["deformation"] = deformation
+        return groups
+
+    # ------------------------------------------------------------------ rendering
+    def _frame_index(self, camera: Cameras) -> int:
+        if camera.metadata is not None and "frame_idx" in camera.metadata:
+            index = int(torch.as_tensor(camera.metadata["frame_idx"]).reshape(-1)[0].item())
+        else:
+            index = int(self.viewer_frame_idx)
+        return max(0, min(index, len(self.audio_table) - 1))
+
+    def deformed_gaussians(
+        self, camera_to_world: torch.Tensor, frame_idx: int
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Means, quats and log-scales of all Gaussians for one frame and head pose."""
+        means, quats, scales = self.means, self.quats, self.scales
+        if not bool(self.deformation_enabled):
+            self._last_deformation = None
+            return means, quats, scales
+        n = len(means)
+        d_xyz = means.new_zeros(n, 3)
+        d_quat = means.new_zeros(n, 4)
+        d_scale = means.new_zeros(n, 3)
+        part = self.gaussian_part
+        head = torch.nonzero(part == PART_HEAD).squeeze(-1)
+        index = torch.tensor([frame_idx], device=means.device)
+        code = self.audio_encoder(self.audio_table, index)
+        blink = self.blink_table[index]
+        out = self.head_field(means[head], code, blink)
+        d_xyz = d_xyz.index_put((head,), out.d_xyz)
+        d_quat = d_quat.index_put((head,), out.d_quat)
+        d_scale = d_scale.index_put((head,), out.d_scale)
+        if self.torso_field is not None:
+            torso = torch.nonzero(part == PART_TORSO).squeeze(-1)
+            if len(torso) > 0:
+                pose = (pose_codes(camera_to_world[0, :3, :4]) - self.pose_code_mean) / self.pose_code_std
+                out_t = self.torso_field(means[torso], pose)
+                d_xyz = d_xyz.index_put((torso,), out_t.d_xyz)
+                d_quat = d_quat.index_put((torso,), out_t.d_quat)
+                d_scale = d_scale.index_put((torso,), out_t.d_scale)
+        deformation = DeformationOutput(d_xyz=d_xyz, d_quat=d_quat, d_scale=d_scale)
+        self._last_deformation = deformation
+        return apply_deformation(means, quats, scales, deformation)
+
+    def _background_for(self, height: int, width: int) -> torch.Tensor:
+        """The background plate resized to the render size, [H, W, 3]."""
+        bg = self.background_image
+        if bg.shape[0] == height and bg.shape[1] == width:
+            return bg
+        resized = F.interpolate(bg.permute(2, 0, 1)[None], size=(height, width), mode="area")
+        return resized[0].permute(1, 2, 0)
+
+    def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
+        if not isinstance(camera, Cameras):
+            return {}
+        if self.training:
+            assert camera.shape[0] == 1, "Only one camera at a time"
+        camera_to_world = camera.camera_to_worlds
+        frame_idx = self._frame_index(camera)
+        means, quats, scales = self.deformed_gaussians(camera_to_world, frame_idx)
+
+        scale_factor = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / scale_factor)
+        viewmat = get_viewmat(camera_to_world)
+        K = camera.get_intrinsics_matrices().to(self.device)
+        W, H = int(camera.width.item()), int(camera.height.item())
+        self.last_size = (H, W)
+        camera.rescale_output_resolution(scale_factor)
+
+        colors = torch.cat((self.features_dc[:, None, :], self.features_rest), dim=1)
+        if self.config.sh_degree > 0:
+            sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
+        else:
+            colors = torch.sigmoid(colors).squeeze(1)
+            sh_degree = None
+        render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
+        backend = self.config.rasterizer if self.config.rasterizer != "auto" else backend_for(means.device)
+        render, alpha, self.info = rasterize(
+            backend=backend,
+            means=means,
+            quats=quats,
+            scales=torch.exp(scales),
+            opacities=torch.sigmoid(self.opacities).squeeze(-1),
+            colors=colors,
+            viewmats=viewmat,
+            Ks=K,
+            width=W,
+            height=H,
+            packed=False,
+            near_plane=0.01,
+            far_plane=1e10,
+            render_mode=render_mode,
+            sh_degree=sh_degree,
+            sparse_grad=False,
+            absgrad=self.config.use_absgrad,
+            rasterize_mode=self.config.rasterize_mode,
+        )
+        if self.training and self.info["means2d"].requires_grad:
+            self.info["means2d"].retain_grad()
+        background = self._background_for(H, W)
+        rgb = torch.clamp(render[0, ..., :3] + (1 - alpha[0]) * background, 0.0, 1.0)
+        depth = None
+        if render_mode == "RGB+ED":
+            depth = torch.where(alpha[0] > 0, render[0, ..., 3:4], render[0, ..., 3:4].detach().max())
+        return {"rgb": rgb, "depth": depth, "accumulation": alpha[0], "background": background}
+
+    # ------------------------------------------------------------------ losses and metrics
+    def _labels_for(self, batch: Dict, height: int, width: int) -> Optional[torch.Tensor]:
+        labels = batch.get("labels")
+        if labels is None:
+            return None
+        labels = labels.to(self.device)
+        if labels.shape[0] != height or labels.shape[1] != width:
+            labels = F.interpolate(labels.permute(2, 0, 1)[None].float(), size=(height, width), mode="nearest")
+            labels = labels[0].permute(1, 2, 0).to(torch.uint8)
+        return labels
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
+        gt = self.get_gt_img(batch["image"])[..., :3]
+        pred = outputs["rgb"]
+        abs_diff = torch.abs(gt - pred)
+        l1 = abs_diff.mean()
+        d_ssim = 1 - self.ssim(gt.permute(2, 0, 1)[None], pred.permute(2, 0, 1)[None])
+        loss = {"main_loss": (1 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * d_ssim}
+        labels = self._labels_for(batch, pred.shape[0], pred.shape[1])
+        if labels is not None and self.config.mouth_loss_weight > 0:
+            mouth = _label_masks(labels)["mouth"].float()
+            if mouth.sum() > 0:
+                loss["mouth_l1"] = self.config.mouth_loss_weight * (abs_diff * mouth).sum() / (3 * mouth.sum())
+        deformation = self._last_deformation
+        if deformation is not None and self.config.offset_reg_weight > 0:
+            scale = self.head_radius
+            reg = (deformation.d_xyz / scale).square().mean() + deformation.d_scale.square().mean()
+            reg = reg + deformation.d_quat.square().mean()
+            loss["offset_reg"] = self.config.offset_reg_weight * reg
+        return loss
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
+        gt = self.get_gt_img(batch["image"])[..., :3]
+        metrics = {"psnr": self.psnr(outputs["rgb"], gt), "gaussian_count": self.num_points}
+        if self._last_deformation is not None:
+            metrics["mean_offset"] = self._last_deformation.d_xyz.detach().norm(dim=-1).mean() / self.head_radius
+        return metrics
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, torch.Tensor]]:
+        gt = self.get_gt_img(batch["image"])[..., :3]
+        pred = outputs["rgb"]
+        combined = torch.cat([gt, pred], dim=1)
+        gt_b = gt.permute(2, 0, 1)[None]
+        pred_b = pred.permute(2, 0, 1)[None]
+        metrics = {"psnr": float(self.psnr(gt_b, pred_b).item()), "ssim": float(self.ssim(gt_b, pred_b))}
+        if self.lpips is not None:
+            metrics["lpips"] = float(self.lpips(gt_b, pred_b))
+        return metrics, {"img": combined}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def backend(self) -> str:
+        return self.config.rasterizer if self.config.rasterizer != "auto" else backend_for(self.device)
+
+    def num_gaussians_by_part(self) -> Dict[str, int]:
+        part = self.gaussian_part
+        return {"head": int((part == PART_HEAD).sum()), "torso": int((part == PART_TORSO).sum())}
+

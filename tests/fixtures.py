@@ -1,0 +1,75 @@
+"""Small hand-made training folders for tests that must not depend on the synthetic generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from gstalker_ns.data import layout as L
+
+
+def look_at_camera(distance: float, yaw_deg: float) -> np.ndarray:
+    """Camera-to-world (OpenGL) on a circle around the origin, looking at it."""
+    yaw = np.deg2rad(yaw_deg)
+    centre = np.array([np.sin(yaw) * distance, 0.0, np.cos(yaw) * distance])
+    forward = -centre / np.linalg.norm(centre)  # camera looks down -z, so z axis = -forward
+    z_axis = -forward
+    x_axis = np.cross([0.0, 1.0, 0.0], z_axis)
+    x_axis /= np.linalg.norm(x_axis)
+    y_axis = np.cross(z_axis, x_axis)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x_axis, y_axis, z_axis, centre
+    return c2w
+
+
+def make_tiny_folder(root: Path, num_frames: int = 22, size: int = 32, head_radius: float = 0.5, feature_rows=None) -> Path:
+    """A valid training folder: coloured disc 'heads', label maps, background, feature table."""
+    root = Path(root)
+    (root / "frames").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    frames = []
+    for i in range(num_frames):
+        image = np.full((size, size, 3), 40, np.uint8)
+        labels = np.zeros((size, size), np.uint8)
+        labels[yy > size * 0.8] = L.LABEL_TORSO
+        head = (xx - size / 2) ** 2 + (yy - size / 2) ** 2 < (size / 4) ** 2
+        labels[head] = L.LABEL_HEAD
+        mouth = (np.abs(xx - size / 2) < 3) & (np.abs(yy - size * 0.6) < 1 + (i % 3))
+        labels[mouth] = L.LABEL_MOUTH_INTERIOR
+        image[labels == L.LABEL_TORSO] = (40, 60, 160)
+        image[labels == L.LABEL_HEAD] = (220, 170, 140)
+        image[labels == L.LABEL_MOUTH_INTERIOR] = (30, 5, 5)
+        Image.fromarray(image).save(root / "frames" / f"{i:06d}.jpg", quality=95)
+        Image.fromarray(labels).save(root / "masks" / f"{i:06d}.png")
+        frames.append(
+            L.FrameEntry(
+                frame_idx=i,
+                file_path=f"frames/{i:06d}.jpg",
+                mask_path=f"masks/{i:06d}.png",
+                camera_to_world=look_at_camera(6.0 * head_radius, yaw_deg=5 * np.sin(i / 3)),
+                blink=float(i % 7 == 0),
+            )
+        )
+    Image.fromarray(np.full((size, size, 3), 40, np.uint8)).save(root / "background.png")
+    rows = num_frames if feature_rows is None else feature_rows
+    L.atomic_save_npy(root / "audio_features.npy", rng.normal(size=(rows, 16, 8)).astype(np.float32))
+    (root / "audio.wav").write_bytes(b"")  # presence only; the dataparser does not decode audio
+    focal = size * 1.5
+    L.write_transforms(
+        root,
+        fps=25.0,
+        width=size,
+        height=size,
+        fl_x=focal,
+        fl_y=focal,
+        cx=size / 2,
+        cy=size / 2,
+        frames=frames,
+        audio_extractor={"kind": "test", "dim": 8, "window": 16},
+        head_radius=head_radius,
+    )
+    return root
