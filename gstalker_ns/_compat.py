@@ -36,10 +36,20 @@ def ensure_torchvision_importable() -> None:
             return  # the real extension works (CUDA torch): nothing to do
         except (OSError, RuntimeError):
             pass
+    if _TORCHVISION_LIBRARY is not None or _has_torchvision_nms(torch):
+        return  # defined meanwhile (importing torch can itself import torchvision via the hook)
     lib = torch.library.Library("torchvision", "DEF")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _TORCHVISION_LIBRARY = lib
+
+
+def _has_torchvision_nms(torch_module: Any) -> bool:
+    try:
+        torch_module.ops.torchvision.nms.default
+        return True
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def allow_nerfstudio_checkpoints() -> None:

@@ -6,7 +6,8 @@ from gstalker_ns import _compat
 
 _compat.apply_all()  # nerfstudio imports this module before loading any checkpoint
 
-from nerfstudio.configs.base_config import ViewerConfig  # noqa: E402
+import torch  # noqa: E402
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig  # noqa: E402
 from nerfstudio.engine.optimizers import AdamOptimizerConfig  # noqa: E402
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig  # noqa: E402
 from nerfstudio.engine.trainer import TrainerConfig  # noqa: E402
@@ -37,6 +38,8 @@ def gstalker_trainer_config() -> TrainerConfig:
         steps_per_eval_all_images=MAX_STEPS,
         max_num_iterations=MAX_STEPS,
         mixed_precision=False,
+        # CUDA when there is a GPU; otherwise the CPU path (pure-PyTorch rasterizer), no flag needed.
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
         pipeline=VanillaPipelineConfig(
             datamanager=TalkingPortraitDatamanagerConfig(dataparser=TalkingPortraitDataParserConfig()),
             model=GSTalkerModelConfig(),

@@ -47,6 +47,8 @@ from gstalker_ns.fields import (
 from gstalker_ns.splatting import backend_for, rasterize
 from gstalker_ns.strategy import CappedDefaultStrategy
 
+_compat.allow_nerfstudio_checkpoints()  # checkpoint configs import this module before torch.load
+
 GAUSSIAN_PARAM_NAMES = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 
 
@@ -60,8 +62,9 @@ class GSTalkerModelConfig(SplatfactoModelConfig):
     """Initial Gaussians, sampled from the dataparser's seed points (head and torso)."""
     max_gaussians: int = 200000
     """Hard cap on the Gaussian count during densification."""
-    pause_refine_after_reset: int = 200
-    """Steps without refinement after each opacity reset (a fixed number, not the frame count)."""
+    pause_refine_after_reset: int = 100
+    """Steps without refinement after each opacity reset (a fixed number, not the frame count).
+    Refinement also waits this long after step 0."""
     num_downscales: int = 1
     """Train at 1/2^d resolution at first (doubles every resolution_schedule steps)."""
     resolution_schedule: int = 2000

@@ -110,6 +110,11 @@ class AudioFeatureSpec:
                     f"audio feature spec: need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, "
                     f"fmax={self.fmax}, sample_rate={self.sample_rate}"
                 )
+        if self.kind in ENCODER_KINDS and self.sample_rate != 16000:
+            raise AudioError(
+                f"audio feature spec: {self.kind} encoders take 16 kHz audio, got sample_rate={self.sample_rate}; "
+                "set sample_rate=16000"
+            )
         if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, (int, np.integer))):
             raise AudioError(f"audio feature spec: layer must be an integer or None, got {self.layer!r}")
 
@@ -464,6 +469,18 @@ def _load_encoder(kind: str, model_path: str, device: str) -> Any:
     return model.eval().to(device)
 
 
+def release_encoder() -> None:
+    """Free the cached HuBERT/wav2vec2 model (kept between calls so rendering new audio is quick)."""
+    _load_encoder.cache_clear()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def _short_exc(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:157] + "..." if len(text) > 160 else text
@@ -521,6 +538,8 @@ def encoder_hidden_states(
             f1 = min(total, f0 + chunk)
             g0, g1 = max(0, f0 - context), min(total, f1 + context)
             a, b = g0 * info.stride, (g1 - 1) * info.stride + info.receptive_field
+            if g1 == total:  # the last chunk takes the tail too (group norm sees the whole input)
+                b = x.size
             inp = torch.from_numpy(x[a:b]).to(device)[None]
             out = model(inp, output_hidden_states=spec.layer is not None)
             hidden = out.last_hidden_state if spec.layer is None else out.hidden_states[spec.layer]

@@ -45,8 +45,13 @@ def _to_mono_float(data: np.ndarray) -> np.ndarray:
 
 
 def _read_soundfile(path: Path) -> Tuple[np.ndarray, int]:
-    """Decode with libsndfile (exact, fast) -> (mono float32, rate)."""
-    import soundfile as sf
+    """Decode with libsndfile (exact, fast) -> (mono float32, rate); stdlib wave if it is absent."""
+    try:
+        import soundfile as sf
+    except ImportError:  # the GPU machine has no soundfile: PCM wav still works through the stdlib
+        if path.suffix.lower() in (".wav", ".wave"):
+            return read_wav(path)
+        raise
 
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     return _to_mono_float(data), int(rate)
@@ -153,6 +158,11 @@ def load_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:
             raise AudioError(
                 f"{name}: contains no audio stream; use a file with sound (or extract the audio track first)"
             ) from None
+        except ImportError:
+            raise AudioError(
+                f"{name}: cannot decode this format because PyAV is not installed; "
+                "`pip install av` or convert the file to a 16-bit PCM wav"
+            ) from None
         except Exception as exc:
             reason = _short(first_error or exc)
             raise AudioError(f"{name}: not a readable audio file ({reason}); {_CONVERT_HINT}") from None
@@ -172,7 +182,8 @@ def write_wav(path: PathLike, wave: np.ndarray, sample_rate: int) -> None:
     """
     path = Path(path)
     data = _to_mono_float(np.asarray(wave))
-    pcm = np.round(np.clip(data, -1.0, 1.0) * 32767.0).astype("<i2")
+    # Same convention as soundfile/libsndfile: full scale is 32768, +1.0 saturates at 32767.
+    pcm = np.clip(np.round(data.astype(np.float64) * 32768.0), -32768, 32767).astype("<i2")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:

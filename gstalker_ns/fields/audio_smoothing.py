@@ -109,12 +109,16 @@ class SmoothedAudioEncoder(nn.Module):
     def forward(self, table: Tensor, frame_idx: Tensor) -> Tensor:
         """table [F, W, D] (the whole clip's windows), frame_idx [B] long -> [B, code_dim].
 
-        Only the rows the batch needs are encoded (each distinct row once).
+        Only the rows the batch needs are encoded; for B > 1 each distinct row once (windows of
+        nearby frames overlap). B = 1, the usual case, skips `unique` and its device sync.
         """
         frame_idx = frame_idx.reshape(-1).long().to(table.device)
         if not self.smooth:
             return self.encoder(table[frame_idx])
         rows = neighbour_indices(frame_idx, table.shape[0], self.num_neighbours)  # [B, K]
-        unique_rows, inverse = torch.unique(rows, return_inverse=True)
-        codes = self.encoder(table[unique_rows])[inverse]  # [B, K, C]
+        if rows.shape[0] == 1:
+            codes = self.encoder(table[rows[0]]).unsqueeze(0)  # [1, K, C]
+        else:
+            unique_rows, inverse = torch.unique(rows, return_inverse=True)
+            codes = self.encoder(table[unique_rows])[inverse]  # [B, K, C]
         return self.smoother(codes)

@@ -12,8 +12,10 @@ and the other way round: checkpoints are portable between the two backends.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
+import warnings
 from typing import Any, List, Optional
 
 import numpy as np
@@ -94,8 +96,8 @@ class HashGrid2D(nn.Module):
     """Multi-resolution 2D hash grid with bilinear interpolation (Instant-NGP), pure torch.
 
     Levels whose dense vertex grid fits in the table are indexed densely (no collisions);
-    finer levels use the hash `x * 1 ^ y * 2654435761 (mod 2^32)`. All levels and the four cell
-    corners are gathered in one vectorised `embedding` call.
+    finer levels use the hash `x * 1 ^ y * 2654435761 (mod 2^32)`. The four cell corners of all
+    levels are gathered in one `index_select` ([N, L, 4] rows), with a scatter-add backward.
 
     `params` is the flat table in tiny-cuda-nn's layout ([total entries, F] row-major, levels
     back to back); `table` is its [total, F] view.
@@ -226,7 +228,7 @@ class _TcnnGrid:
             "base_resolution": grid.base_resolution,
             "per_level_scale": grid.level_scale,
         }
-        with torch.cuda.device(device):
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             try:
                 self.encoding = tcnn.Encoding(n_input_dims=2, encoding_config=config, dtype=torch.float32)
             except TypeError:  # older bindings without `dtype`: output is half, cast in forward
@@ -276,6 +278,7 @@ class HashTriplane(nn.Module):
         )
         self.out_dim = sum(g.out_dim for g in self.grids)
         self._tcnn: List[Optional[_TcnnGrid]] = [None] * len(self.PLANES)
+        self._tcnn_failed = False
 
     def uses_tcnn(self, x: Tensor) -> bool:
         if self.implementation == "torch":
@@ -284,12 +287,20 @@ class HashTriplane(nn.Module):
             if not x.is_cuda:
                 raise RuntimeError("implementation='tcnn' needs CUDA inputs")
             return True
-        return x.is_cuda and tcnn_available()
+        return x.is_cuda and not self._tcnn_failed and tcnn_available()
 
-    def _tcnn_grid(self, plane: int, device: torch.device) -> _TcnnGrid:
+    def _tcnn_grid(self, plane: int, device: torch.device) -> Optional[_TcnnGrid]:
+        """The plane's tcnn encoding on `device`; None when "auto" could not build it (torch then)."""
         enc = self._tcnn[plane]
         if enc is None or enc.device != device:
-            enc = _TcnnGrid(self.grids[plane], device)
+            try:
+                enc = _TcnnGrid(self.grids[plane], device)
+            except Exception as exc:
+                if self.implementation == "tcnn":
+                    raise
+                warnings.warn(f"tinycudann HashGrid unusable ({exc}); using the torch hash grid", stacklevel=3)
+                self._tcnn_failed = True
+                return None
             self._tcnn[plane] = enc
         return enc
 
@@ -300,10 +311,8 @@ class HashTriplane(nn.Module):
         feats = []
         for plane, ((a, b), grid) in enumerate(zip(self.PLANES, self.grids)):
             uv = xyz01[:, [a, b]]
-            if use_tcnn:
-                feats.append(self._tcnn_grid(plane, xyz01.device)(grid, uv))
-            else:
-                feats.append(grid(uv))
+            enc = self._tcnn_grid(plane, xyz01.device) if use_tcnn else None
+            feats.append(enc(grid, uv) if enc is not None else grid(uv))
         return torch.cat(feats, dim=-1)
 
     def __getstate__(self) -> dict:
