@@ -74,7 +74,53 @@ def local_lpips_weights() -> Optional[Path]:
     return candidate if candidate.exists() else None
 
 
+def make_lpips_offline() -> None:
+    """Stop torchmetrics' LPIPS from downloading AlexNet when nerfstudio models are built.
+
+    splatfacto (and other nerfstudio models) construct LPIPS in `populate_modules`, which fetches
+    AlexNet weights from the web: a URLError offline. After this patch LPIPS is the real metric
+    when the weights are in the torch cache, and otherwise a stand-in that returns NaN (shown
+    as unavailable) and warns once.
+    """
+    try:
+        import torchmetrics.image as image_metrics
+        import torchmetrics.image.lpip as lpip_module
+    except ImportError:
+        return
+    original = lpip_module.LearnedPerceptualImagePatchSimilarity
+    if getattr(original, "gstalker_offline", False):
+        return
+    import warnings
+
+    import torch
+
+    class OfflineLPIPS(torch.nn.Module):
+        """LPIPS when its weights are local; otherwise NaN, never a download."""
+
+        gstalker_offline = True
+
+        def __new__(cls, *args, **kwargs):
+            if local_lpips_weights() is not None:
+                return original(*args, **kwargs)
+            return super().__new__(cls)
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__()
+            warnings.warn(
+                "LPIPS unavailable: its AlexNet weights are not in the torch cache and gstalker-ns never "
+                f"downloads at run time (put alexnet-owt-7be5be79.pth in {torch.hub.get_dir()}/checkpoints to enable it)",
+                stacklevel=2,
+            )
+
+        def forward(self, *args, **kwargs) -> "torch.Tensor":
+            return torch.tensor(float("nan"))
+
+    lpip_module.LearnedPerceptualImagePatchSimilarity = OfflineLPIPS
+    image_metrics.LearnedPerceptualImagePatchSimilarity = OfflineLPIPS
+
+
 def apply_all() -> None:
     """Everything a gstalker entry point needs before it imports nerfstudio."""
     ensure_torchvision_importable()
     allow_nerfstudio_checkpoints()
+    make_lpips_offline()

@@ -87,8 +87,9 @@ def evaluate_held_out(pipeline, save_dir: Optional[Path] = None, max_saved: int 
         result.frame_idx.append(int(camera.metadata["frame_idx"].reshape(-1)[0]))
         result.psnr.append(float(10 * np.log10(1.0 / max(mse, 1e-12))))
         result.ssim.append(float(ssim_fn(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None], data_range=1.0)))
-        if "labels" in batch:
-            region = mouth_region(batch["labels"][..., 0].cpu().numpy(), dilate_px=max(1, pred.shape[0] // 64))
+        labels = _labels_of(pipeline, batch)
+        if labels is not None:
+            region = mouth_region(labels, dilate_px=max(1, pred.shape[0] // 64))
             if region.any():
                 result.mouth_render.append(mouth_opening_measure(pred.cpu().numpy(), region))
                 result.mouth_gt.append(mouth_opening_measure(gt.cpu().numpy(), region))
@@ -103,6 +104,19 @@ def evaluate_held_out(pipeline, save_dir: Optional[Path] = None, max_saved: int 
         Image.fromarray(grid).save(buffer, format="PNG")
         atomic_write_bytes(Path(save_dir) / "heldout_gt_vs_render.png", buffer.getvalue())
     return result
+
+
+def _labels_of(pipeline, batch: Dict) -> Optional[np.ndarray]:
+    """The frame's label map: from the batch (our datamanager) or the dataset's label paths
+    (other methods, e.g. plain splatfacto, reading the same folder)."""
+    if "labels" in batch:
+        return batch["labels"][..., 0].cpu().numpy()
+    paths = pipeline.datamanager.eval_dataset.metadata.get("label_paths")
+    if not paths or paths[batch["image_idx"]] is None:
+        return None
+    from gstalker_ns.data.dataset import load_label_map
+
+    return load_label_map(paths[batch["image_idx"]])[..., 0].numpy()
 
 
 def write_metrics(path: Path, result: HeldOutResult, extra: Optional[Dict] = None) -> Dict:

@@ -212,8 +212,14 @@ class GSTalkerModel(SplatfactoModel):
         self.register_buffer("deformation_enabled", torch.tensor(False))
 
     def _build_fields(self, xyz: torch.Tensor) -> None:
-        margin = 0.2 * self.head_radius
-        aabb = torch.stack([xyz.min(dim=0).values - margin, xyz.max(dim=0).values + margin])
+        def box(points: torch.Tensor) -> torch.Tensor:
+            """Bounding box of the part's seed points with a margin: each field's grids and offset
+            bound then fit its own part (the head is much smaller than the whole bust)."""
+            points = points if len(points) > 0 else xyz
+            margin = 0.2 * self.head_radius
+            return torch.stack([points.min(dim=0).values - margin, points.max(dim=0).values + margin])
+
+        part = self.gaussian_part
         grid = dict(
             num_levels=self.config.grid_levels,
             features_per_level=self.config.grid_features_per_level,
@@ -232,8 +238,10 @@ class GSTalkerModel(SplatfactoModel):
             num_neighbours=self.config.audio_neighbours,
             smooth=self.config.smooth_audio,
         )
-        self.head_field = AudioDeformationField(aabb, audio_dim=self.audio_encoder.out_dim, **grid)
-        self.torso_field = PoseDeformationField(aabb, pose_dim=9, **grid) if self.config.torso_field else None
+        self.head_field = AudioDeformationField(box(xyz[part == PART_HEAD]), audio_dim=self.audio_encoder.out_dim, **grid)
+        self.torso_field = (
+            PoseDeformationField(box(xyz[part == PART_TORSO]), pose_dim=9, **grid) if self.config.torso_field else None
+        )
 
     def _build_background(self, metadata: Dict) -> None:
         path = metadata.get("background_path")
@@ -309,6 +317,8 @@ class GSTalkerModel(SplatfactoModel):
     def step_post_backward(self, step: int) -> None:
         if getattr(self, "info", None) is None or self.info["means2d"].grad is None:
             return
+        # model.to(device) replaced the buffer: hand the strategy the current one.
+        self.strategy_state["part"] = self.gaussian_part
         self.strategy.step_post_backward(
             params=self.gauss_params,
             optimizers={name: self.optimizers[name] for name in GAUSSIAN_PARAM_NAMES},
@@ -350,26 +360,56 @@ class GSTalkerModel(SplatfactoModel):
         d_xyz = means.new_zeros(n, 3)
         d_quat = means.new_zeros(n, 4)
         d_scale = means.new_zeros(n, 3)
-        part = self.gaussian_part
-        head = torch.nonzero(part == PART_HEAD).squeeze(-1)
+        head, torso = self._part_indices()
+        head_encoded, torso_encoded = self._cached_encodings(head, torso)
         index = torch.tensor([frame_idx], device=means.device)
         code = self.audio_encoder(self.audio_table, index)
         blink = self.blink_table[index]
-        out = self.head_field(means[head], code, blink)
+        out = self.head_field(means[head], code, blink, encoded=head_encoded)
         d_xyz = d_xyz.index_put((head,), out.d_xyz)
         d_quat = d_quat.index_put((head,), out.d_quat)
         d_scale = d_scale.index_put((head,), out.d_scale)
-        if self.torso_field is not None:
-            torso = torch.nonzero(part == PART_TORSO).squeeze(-1)
-            if len(torso) > 0:
-                pose = (pose_codes(camera_to_world[0, :3, :4]) - self.pose_code_mean) / self.pose_code_std
-                out_t = self.torso_field(means[torso], pose)
-                d_xyz = d_xyz.index_put((torso,), out_t.d_xyz)
-                d_quat = d_quat.index_put((torso,), out_t.d_quat)
-                d_scale = d_scale.index_put((torso,), out_t.d_scale)
+        if self.torso_field is not None and len(torso) > 0:
+            pose = (pose_codes(camera_to_world[0, :3, :4]) - self.pose_code_mean) / self.pose_code_std
+            out_t = self.torso_field(means[torso], pose, encoded=torso_encoded)
+            d_xyz = d_xyz.index_put((torso,), out_t.d_xyz)
+            d_quat = d_quat.index_put((torso,), out_t.d_quat)
+            d_scale = d_scale.index_put((torso,), out_t.d_scale)
         deformation = DeformationOutput(d_xyz=d_xyz, d_quat=d_quat, d_scale=d_scale)
         self._last_deformation = deformation
         return apply_deformation(means, quats, scales, deformation)
+
+    def _part_indices(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Indices of head and torso Gaussians; recomputed only when densification changed them
+        (avoids a host sync per frame)."""
+        part = self.gaussian_part
+        key = (part.data_ptr(), part._version, part.numel(), part.device)
+        if getattr(self, "_part_cache", (None,))[0] != key:
+            head = torch.nonzero(part == PART_HEAD).squeeze(-1)
+            torso = torch.nonzero(part == PART_TORSO).squeeze(-1)
+            self._part_cache = (key, head, torso)
+        return self._part_cache[1], self._part_cache[2]
+
+    def _cached_encodings(
+        self, head: torch.Tensor, torso: torch.Tensor
+    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Hash-grid features of the canonical positions, reused across frames at inference.
+
+        They depend only on the canonical means and the grids, not on audio or pose, so when no
+        gradient is needed they are computed once and reused until either changes.
+        """
+        if torch.is_grad_enabled():
+            return None, None
+        means = self.means
+        fields = [self.head_field] + ([self.torso_field] if self.torso_field is not None else [])
+        versions = tuple(p._version for f in fields for p in f.encoding.parameters())
+        key = (means.data_ptr(), means._version, means.shape[0], versions, head.data_ptr(), torso.data_ptr())
+        cache = getattr(self, "_encoding_cache", None)
+        if cache is None or cache[0] != key:
+            head_encoded = self.head_field.encode_xyz(means[head])
+            torso_encoded = self.torso_field.encode_xyz(means[torso]) if self.torso_field is not None else None
+            self._encoding_cache = cache = (key, head_encoded, torso_encoded)
+        return cache[1], cache[2]
 
     def _background_for(self, height: int, width: int) -> torch.Tensor:
         """The background plate resized to the render size, [H, W, 3]."""

@@ -25,7 +25,7 @@ Choices, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -184,9 +184,15 @@ class AudioDeformationField(_GridDeformationField):
             self.audio_attention = _mlp(self.encoding.out_dim, 64, 1, audio_dim)
             self.blink_attention = _mlp(self.encoding.out_dim, 16, 1, 1)
 
-    def forward(self, xyz: Tensor, audio_code: Tensor, blink: Tensor | float) -> DeformationOutput:
-        """xyz [N, 3]; audio_code [A] or [1, A] (one frame); blink: scalar, [1] or [1, 1]."""
-        enc_x = self.encode_xyz(xyz)
+    def forward(
+        self, xyz: Tensor, audio_code: Tensor, blink: Tensor | float, encoded: Optional[Tensor] = None
+    ) -> DeformationOutput:
+        """xyz [N, 3]; audio_code [A] or [1, A] (one frame); blink: scalar, [1] or [1, 1].
+
+        `encoded` may pass `encode_xyz(xyz)` computed earlier: at inference the canonical
+        positions do not change between frames, so the hash-grid lookup need not be repeated.
+        """
+        enc_x = self.encode_xyz(xyz) if encoded is None else encoded
         n = enc_x.shape[0]
         audio = _as_row(audio_code, self.audio_dim, "audio_code", enc_x).expand(n, -1)
         eye = _as_row(blink, 1, "blink", enc_x).expand(n, -1)
@@ -248,8 +254,8 @@ class PoseDeformationField(_GridDeformationField):
         angles = (p.unsqueeze(-1) * freqs).reshape(1, -1)
         return torch.cat([p, torch.sin(angles), torch.cos(angles)], dim=-1)
 
-    def forward(self, xyz: Tensor, pose: Tensor) -> DeformationOutput:
-        """xyz [N, 3]; pose [P] (one frame) -> offsets."""
-        enc_x = self.encode_xyz(xyz)
+    def forward(self, xyz: Tensor, pose: Tensor, encoded: Optional[Tensor] = None) -> DeformationOutput:
+        """xyz [N, 3]; pose [P] (one frame) -> offsets. `encoded`: as in AudioDeformationField."""
+        enc_x = self.encode_xyz(xyz) if encoded is None else encoded
         cond = self.encode_pose(pose).to(enc_x.device).expand(enc_x.shape[0], -1)
         return self.decode(torch.cat([enc_x, cond], dim=-1))

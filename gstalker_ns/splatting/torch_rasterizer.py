@@ -339,9 +339,10 @@ def tile_ranges(
     with torch.no_grad():
         centre = means2d.detach() / tile_size
         radius = radii.to(centre.dtype)[..., None] / tile_size
-        upper = torch.tensor([tiles_x, tiles_y], device=means2d.device)
-        tile_min = torch.minimum(torch.floor(centre - radius).clamp_min(0).long(), upper)
-        tile_max = torch.minimum(torch.ceil(centre + radius).clamp_min(0).long(), upper)
+        upper = torch.tensor([tiles_x, tiles_y], dtype=centre.dtype, device=means2d.device)
+        # Clamp before the integer cast: far off-screen (culled) means would overflow it.
+        tile_min = torch.minimum(torch.floor(centre - radius).clamp_min(0), upper).long()
+        tile_max = torch.minimum(torch.ceil(centre + radius).clamp_min(0), upper).long()
     return tile_min, tile_max
 
 
@@ -672,7 +673,9 @@ def _check_shapes(
         if not sh_ok:
             raise ValueError(f"SH colors must be [N, K, 3] or [C, N, K, 3], got {tuple(colors.shape)}")
         if (sh_degree + 1) ** 2 > colors.shape[-2]:
-            raise ValueError(f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} SH bases, colors has {colors.shape[-2]}")
+            raise ValueError(
+                f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} SH bases, colors has {colors.shape[-2]}"
+            )
 
 
 def _features_and_backgrounds(

@@ -1,0 +1,139 @@
+"""GSTalkerModel on CPU without the trainer: stages, audio dependence, caching, checkpoints, cap."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from gstalker_ns.config import gstalker_trainer_config
+from gstalker_ns.strategy import CappedDefaultStrategy, growth_budget_mask
+from tests.fixtures import make_tiny_folder
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    torch.manual_seed(0)
+    root = make_tiny_folder(tmp_path_factory.mktemp("model") / "p", num_frames=22, size=32)
+    config = gstalker_trainer_config()
+    config.pipeline.datamanager.data = root
+    config.pipeline.datamanager.dataparser.num_seed_points = 800
+    model = config.pipeline.model
+    model.init_gaussians, model.sh_degree, model.num_downscales = 300, 0, 0
+    model.coarse_steps, model.grid_levels, model.grid_log2_hashmap_size = 2, 4, 10
+    pipe = config.pipeline.setup(device="cpu", test_mode="val")
+    from nerfstudio.engine.optimizers import Optimizers
+
+    return pipe, Optimizers(config.optimizers, pipe.get_param_groups())
+
+
+def _train_step(pipe, optimizers, step):
+    model = pipe.model
+    model.train()
+    model.step_cb(optimizers, step)
+    optimizers.zero_grad_all()
+    _, losses, _ = pipe.get_train_loss_dict(step)
+    sum(losses.values()).backward()
+    return losses
+
+
+def _camera(pipe, frame):
+    camera = copy.deepcopy(pipe.datamanager.eval_dataset.cameras[0:1])
+    camera.metadata = {"frame_idx": torch.tensor([[frame]])}
+    return camera
+
+
+def test_stages_and_gradients(pipeline):
+    pipe, optimizers = pipeline
+    model = pipe.model
+    losses = _train_step(pipe, optimizers, 0)
+    assert not bool(model.deformation_enabled) and "offset_reg" not in losses
+    assert model.gauss_params["means"].grad is not None
+    assert all(p.grad is None for p in model.head_field.parameters())  # stage 1: fields unused
+    losses = _train_step(pipe, optimizers, 2)
+    assert bool(model.deformation_enabled) and "offset_reg" in losses and "mouth_l1" in losses
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head_field.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.audio_encoder.parameters())
+
+
+def test_audio_drives_the_render_and_cache_matches(pipeline):
+    pipe, optimizers = pipeline
+    model = pipe.model
+    model.deformation_enabled.fill_(True)
+    with torch.no_grad():  # untrained: make the offset layer and audio code non-trivial
+        model.head_field.head[-1].weight.normal_(std=0.5)
+        linears = [m for m in model.audio_encoder.modules() if isinstance(m, torch.nn.Linear)]
+        linears[-1].weight.mul_(100.0)
+    model.eval()
+    with torch.no_grad():
+        a = model.get_outputs(_camera(pipe, 3))["rgb"]
+        a_cached = model.get_outputs(_camera(pipe, 3))["rgb"]  # second call uses cached encodings
+        b = model.get_outputs(_camera(pipe, 17))["rgb"]
+    with torch.enable_grad():
+        a_uncached = model.get_outputs(_camera(pipe, 3))["rgb"].detach()
+    assert torch.allclose(a, a_cached) and torch.allclose(a, a_uncached, atol=1e-6)
+    assert (a - b).abs().max() > 1e-3, "different audio frames must change the render"
+    # viewer cameras carry no frame index: the model uses viewer_frame_idx
+    camera = _camera(pipe, 0)
+    camera.metadata = None
+    model.viewer_frame_idx = 17
+    with torch.no_grad():
+        assert torch.allclose(model.get_outputs(camera)["rgb"], b)
+
+
+def test_set_drive_checks_feature_shape(pipeline):
+    pipe, _ = pipeline
+    model = pipe.model
+    with pytest.raises(ValueError, match="do not match"):
+        model.set_drive(torch.zeros(10, 16, 3))
+    original = model.audio_table.clone()
+    model.set_drive(torch.randn(30, *original.shape[1:]))
+    assert len(model.audio_table) == 30 and len(model.blink_table) == 30
+    model.set_drive(original)
+
+
+def test_state_dict_round_trip_with_other_gaussian_count(pipeline):
+    pipe, _ = pipeline
+    model = pipe.model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(1)
+    other = type(model)(config=model.config, scene_box=model.scene_box, num_train_data=model.num_train_data, **model.kwargs)
+    keep = 100
+    for name, param in list(other.gauss_params.items()):
+        other.gauss_params[name] = torch.nn.Parameter(param.data[:keep].clone())
+    other.gaussian_part = other.gaussian_part[:keep].clone()
+    other.load_state_dict(state)
+    assert other.num_points == model.num_points
+    assert torch.equal(other.gaussian_part, model.gaussian_part)
+    assert other.audio_extractor == {"kind": "test", "dim": 8, "window": 16}
+
+
+def test_growth_budget_keeps_highest_scores():
+    candidates = torch.tensor([True, True, False, True, True])
+    scores = torch.tensor([0.1, 0.9, 5.0, 0.5, 0.7])
+    keep = growth_budget_mask(candidates, scores, torch.ones(5), budget=2)
+    assert keep.tolist() == [False, True, False, False, True]
+    assert growth_budget_mask(candidates, scores, torch.ones(5), budget=0).sum() == 0
+    assert growth_budget_mask(candidates, scores, torch.ones(5), budget=10).tolist() == candidates.tolist()
+
+
+def test_capped_strategy_never_exceeds_the_cap():
+    n, cap = 50, 60
+    params = torch.nn.ParameterDict(
+        {
+            "means": torch.nn.Parameter(torch.randn(n, 3)),
+            "scales": torch.nn.Parameter(torch.full((n, 3), -5.0)),
+            "quats": torch.nn.Parameter(torch.randn(n, 4)),
+            "opacities": torch.nn.Parameter(torch.zeros(n)),
+        }
+    )
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
+    strategy = CappedDefaultStrategy(max_gaussians=cap, refine_start_iter=0, refine_every=1, reset_every=10**6)
+    state = strategy.initialize_state()
+    state["grad2d"] = torch.ones(n)  # every Gaussian wants to grow
+    state["count"] = torch.ones(n)
+    state["part"] = torch.arange(n) % 2
+    n_dupli, n_split = strategy._grow_gs(params, optimizers, state, step=1)
+    assert len(params["means"]) == cap and n_dupli + n_split == cap - n
+    assert len(state["part"]) == cap  # per-Gaussian state follows the growth
