@@ -36,6 +36,8 @@ else:
     from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
     from gstalker_ns.data.dataset import TalkingPortraitDataset
     from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager
+    import torch
+    torch.Tensor.pin_memory = lambda self, *a, **k: self  # no accelerator here: pinning would fail
     class Stock(FullImageDatamanager[TalkingPortraitDataset]):
         pass
     config = FullImageDatamanagerConfig(_target=Stock, dataparser=parser, cache_images="cpu", cache_images_type="uint8")

@@ -124,3 +124,6 @@ def apply_all() -> None:
     ensure_torchvision_importable()
     allow_nerfstudio_checkpoints()
     make_lpips_offline()
+    from gstalker_ns.errors import install_excepthook
+
+    install_excepthook()

@@ -109,6 +109,15 @@ def _label_masks(labels: torch.Tensor) -> Dict[str, torch.Tensor]:
     return {"mouth": labels >= LABEL_LIPS}
 
 
+def _scatter(into: DeformationOutput, indices: torch.Tensor, part: DeformationOutput) -> DeformationOutput:
+    """Place one part's offsets at its Gaussians' indices (differentiable, out of place)."""
+    return DeformationOutput(
+        d_xyz=into.d_xyz.index_put((indices,), part.d_xyz),
+        d_quat=into.d_quat.index_put((indices,), part.d_quat),
+        d_scale=into.d_scale.index_put((indices,), part.d_scale),
+    )
+
+
 class GSTalkerModel(SplatfactoModel):
     """Splatfacto subclass with audio-driven head and pose-driven torso deformation."""
 
@@ -356,26 +365,16 @@ class GSTalkerModel(SplatfactoModel):
         if not bool(self.deformation_enabled):
             self._last_deformation = None
             return means, quats, scales
-        n = len(means)
-        d_xyz = means.new_zeros(n, 3)
-        d_quat = means.new_zeros(n, 4)
-        d_scale = means.new_zeros(n, 3)
+        deformation = DeformationOutput.zeros(len(means), device=means.device)
         head, torso = self._part_indices()
         head_encoded, torso_encoded = self._cached_encodings(head, torso)
         index = torch.tensor([frame_idx], device=means.device)
         code = self.audio_encoder(self.audio_table, index)
         blink = self.blink_table[index]
-        out = self.head_field(means[head], code, blink, encoded=head_encoded)
-        d_xyz = d_xyz.index_put((head,), out.d_xyz)
-        d_quat = d_quat.index_put((head,), out.d_quat)
-        d_scale = d_scale.index_put((head,), out.d_scale)
+        deformation = _scatter(deformation, head, self.head_field(means[head], code, blink, encoded=head_encoded))
         if self.torso_field is not None and len(torso) > 0:
             pose = (pose_codes(camera_to_world[0, :3, :4]) - self.pose_code_mean) / self.pose_code_std
-            out_t = self.torso_field(means[torso], pose, encoded=torso_encoded)
-            d_xyz = d_xyz.index_put((torso,), out_t.d_xyz)
-            d_quat = d_quat.index_put((torso,), out_t.d_quat)
-            d_scale = d_scale.index_put((torso,), out_t.d_scale)
-        deformation = DeformationOutput(d_xyz=d_xyz, d_quat=d_quat, d_scale=d_scale)
+            deformation = _scatter(deformation, torso, self.torso_field(means[torso], pose, encoded=torso_encoded))
         self._last_deformation = deformation
         return apply_deformation(means, quats, scales, deformation)
 

@@ -93,3 +93,18 @@ def test_ns_eval_works_on_the_checkpoint(trained_run):
     _run([str(BIN / "ns-eval"), f"--load-config={config_path}", f"--output-path={out}"], cwd=root, env=env)
     results = json.loads(out.read_text())["results"]
     assert results["psnr"] > 18.0 and 0 < results["ssim"] <= 1
+
+
+def test_ns_train_on_a_broken_folder_prints_one_line(tmp_path):
+    """A dataset problem reaches the user as one line, not a traceback from inside nerfstudio."""
+    (tmp_path / "person").mkdir()
+    completed = subprocess.run(
+        [str(BIN / "ns-train"), "gstalker", f"--data={tmp_path / 'person'}", f"--output-dir={tmp_path / 'out'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode != 0
+    assert "Traceback" not in completed.stderr
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "transforms.json: missing" in last

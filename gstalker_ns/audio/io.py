@@ -19,6 +19,8 @@ from typing import Tuple, Union
 
 import numpy as np
 
+from gstalker_ns.errors import GstalkerUserError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 # Suffixes libsndfile reads natively; everything else goes straight to PyAV (ffmpeg).
@@ -26,7 +28,7 @@ _SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".aif", ".aiff"
 _CONVERT_HINT = "convert it to wav/mp3/flac/ogg/m4a"
 
 
-class AudioError(ValueError):
+class AudioError(GstalkerUserError, ValueError):
     """A user-facing problem with an audio file (missing, unreadable, no audio, empty)."""
 
 

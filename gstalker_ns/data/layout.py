@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from gstalker_ns.errors import GstalkerUserError
+
 FORMAT_NAME = "gstalker-talking-portrait"
 FORMAT_VERSION = 1
 TRANSFORMS_FILE = "transforms.json"
@@ -51,7 +53,7 @@ LABEL_NAMES = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(GstalkerUserError, ValueError):
     """A training folder is missing a file or holds inconsistent data. The message is one line
     that names the file and says what to do."""
 

@@ -17,10 +17,12 @@ from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
+from gstalker_ns.errors import GstalkerUserError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class VideoWriterError(RuntimeError):
+class VideoWriterError(GstalkerUserError, RuntimeError):
     """The mp4 cannot be written (no backend, bad frames); the message is one line."""
 
 

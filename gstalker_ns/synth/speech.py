@@ -28,6 +28,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from gstalker_ns.errors import GstalkerUserError
+
 SAMPLE_RATE = 16000
 AUDIO_SOURCES = ("auto", "espeak", "festival", "procedural")
 MOUTH_LEAD_S = 0.02  # the mouth moves slightly ahead of the sound
@@ -50,7 +52,7 @@ _WORDS = (
 ).split()
 
 
-class SpeechError(RuntimeError):
+class SpeechError(GstalkerUserError, RuntimeError):
     """A requested speech source cannot be used (one-line message)."""
 
 

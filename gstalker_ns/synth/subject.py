@@ -39,6 +39,7 @@ from gstalker_ns.data.layout import (
     atomic_write_json,
     write_transforms,
 )
+from gstalker_ns.errors import GstalkerUserError
 
 GENERATOR_NAME = "gstalker-synth"
 GENERATOR_VERSION = "1.0"
@@ -50,7 +51,7 @@ MAX_SIZE = 4096
 MAX_SUPERSAMPLE = 8
 
 
-class SynthError(ValueError):
+class SynthError(GstalkerUserError, ValueError):
     """Bad arguments or an unusable output folder; the message is one line."""
 
 
