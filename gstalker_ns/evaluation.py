@@ -7,7 +7,6 @@ The mouth measure is one image-based measure applied to rendered and ground-trut
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -104,9 +104,9 @@ class GSTalkerModelConfig(SplatfactoModelConfig):
     """Densify on absolute 2D gradients (gsplat path); the torch path approximates them."""
 
 
-def _label_masks(labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Boolean masks [H, W, 1] from a label map."""
-    return {"mouth": labels >= LABEL_LIPS}
+def mouth_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Lips and mouth interior, [H, W, 1] bool, from a label map."""
+    return labels >= LABEL_LIPS
 
 
 def _scatter(into: DeformationOutput, indices: torch.Tensor, part: DeformationOutput) -> DeformationOutput:
@@ -492,7 +492,7 @@ class GSTalkerModel(SplatfactoModel):
         loss = {"main_loss": (1 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * d_ssim}
         labels = self._labels_for(batch, pred.shape[0], pred.shape[1])
         if labels is not None and self.config.mouth_loss_weight > 0:
-            mouth = _label_masks(labels)["mouth"].float()
+            mouth = mouth_mask(labels).float()
             if mouth.sum() > 0:
                 loss["mouth_l1"] = self.config.mouth_loss_weight * (abs_diff * mouth).sum() / (3 * mouth.sum())
         deformation = self._last_deformation
@@ -522,13 +522,3 @@ class GSTalkerModel(SplatfactoModel):
         if self.lpips is not None:
             metrics["lpips"] = float(self.lpips(gt_b, pred_b))
         return metrics, {"img": combined}
-
-    # ------------------------------------------------------------------ helpers
-    @property
-    def backend(self) -> str:
-        return self.config.rasterizer if self.config.rasterizer != "auto" else backend_for(self.device)
-
-    def num_gaussians_by_part(self) -> Dict[str, int]:
-        part = self.gaussian_part
-        return {"head": int((part == PART_HEAD).sum()), "torso": int((part == PART_TORSO).sum())}
-

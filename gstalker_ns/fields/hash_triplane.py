@@ -20,7 +20,6 @@ from typing import Any, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["HashGrid2D", "HashTriplane", "tcnn_available", "grid_level_layout"]

@@ -523,7 +523,7 @@ def _rasterize_camera(
     absgrad_buffer: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
     """Render one camera block by block; returns image [H, W, D] and alpha [H, W, 1]."""
-    dtype, device = colors.dtype, colors.device
+    dtype = colors.dtype
     with torch.no_grad():
         visible = torch.nonzero(radii > 0).squeeze(1)
         order = torch.sort(depths.detach()[visible], stable=True).indices
