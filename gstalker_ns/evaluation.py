@@ -110,12 +110,10 @@ def _labels_of(pipeline, batch: Dict) -> Optional[np.ndarray]:
     (other methods, e.g. plain splatfacto, reading the same folder)."""
     if "labels" in batch:
         return batch["labels"][..., 0].cpu().numpy()
-    paths = pipeline.datamanager.eval_dataset.metadata.get("label_paths")
-    if not paths or paths[batch["image_idx"]] is None:
-        return None
-    from gstalker_ns.data.dataset import load_label_map
+    from gstalker_ns.data.dataset import label_map_for
 
-    return load_label_map(paths[batch["image_idx"]])[..., 0].numpy()
+    labels = label_map_for(pipeline.datamanager.eval_dataset.metadata, batch["image_idx"])
+    return None if labels is None else labels[..., 0].numpy()
 
 
 def write_metrics(path: Path, result: HeldOutResult, extra: Optional[Dict] = None) -> Dict:

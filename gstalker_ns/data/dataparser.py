@@ -8,15 +8,19 @@ What reaches nerfstudio:
 - cameras with `metadata["frame_idx"]` ([N, 1] long): the video frame each camera shows, which the
   model uses to look up that frame's audio window and blink value;
 - `metadata`: the whole audio feature table and the blink track (sent to the model once), the
-  audio extractor description, the background plate path, per-split label-map paths, the pose
-  statistics the torso field normalises with, and seed points from the masks.
+  audio extractor description, the background plate path, per-split label maps (`label_paths`,
+  `label_kinds`, `label_landmarks`: read them with `dataset.label_map_for`), the pose statistics
+  the torso field normalises with, and seed points from the masks.
+
+Two folder formats are read (`layout.read_layout`): ours (transforms.json) and ER-NeRF / AD-NeRF
+folders as their preprocessing leaves them (`gstalker_ns/data/ernerf.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple, Type
+from typing import Dict, List, Literal, Tuple, Type
 
 import numpy as np
 import torch
@@ -63,17 +67,21 @@ def pose_codes(camera_to_worlds: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TalkingPortraitDataParserConfig(DataParserConfig):
-    """A gstalker training folder (written by gstalker-process or gstalker-synth)."""
+    """A gstalker training folder (written by gstalker-process or gstalker-synth), or an ER-NeRF /
+    AD-NeRF folder as their preprocessing leaves it."""
 
     _target: Type = field(default_factory=lambda: TalkingPortraitDataParser)
     data: Path = Path("person")
-    """The training folder (holds transforms.json)."""
+    """The training folder (holds transforms.json, or ER-NeRF's transforms_train.json)."""
     eval_fraction: float = 1.0 / 11.0
     """Fraction of frames held out for evaluation, taken from the end of the clip."""
     num_seed_points: int = 40000
     """How many coloured seed points to make from the masks (the model samples its initial Gaussians from them)."""
     seed_frames: int = 8
     """How many training frames the seed points are taken from."""
+    ernerf_audio: Literal["auto", "deepspeech", "wav2vec", "hubert"] = "auto"
+    """ER-NeRF folders only: which audio features to train on (auto: aud_ds.npy / aud.npy, then
+    aud_eo.npy, then aud_hu.npy, the first that exists)."""
 
 
 @dataclass
@@ -84,7 +92,7 @@ class TalkingPortraitDataParser(DataParser):
     includes_time: bool = False
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
-        layout = L.read_transforms(self.config.data)
+        layout = L.read_layout(self.config.data, ernerf_audio=self.config.ernerf_audio)
         L.check_files(layout)
         audio_table = L.load_audio_features(layout)
         num_feature_rows = audio_table.shape[0]
@@ -135,6 +143,9 @@ class TalkingPortraitDataParser(DataParser):
             "fps": layout.fps,
             "background_path": str(layout.path(layout.background)) if layout.background else None,
             "label_paths": [str(layout.path(f.mask_path)) if f.mask_path else None for f in chosen],
+            "label_kinds": [f.mask_kind for f in chosen],
+            "label_landmarks": [str(layout.path(f.landmarks_path)) if f.landmarks_path else None for f in chosen],
+            "data_format": layout.source,
             "head_radius": 1.0,
             "world_scale": scale,
             "pose_code_mean": torch.from_numpy(pose_mean),
@@ -156,13 +167,11 @@ class TalkingPortraitDataParser(DataParser):
 
 def estimate_head_radius(layout: L.TalkingPortraitLayout, frames: List[L.FrameEntry]) -> float:
     """Head radius in world units from the head masks' width (for folders that do not state it)."""
-    from PIL import Image
-
     radii = []
     for f in frames[:: max(1, len(frames) // 8)][:8]:
-        if f.mask_path is None:
+        labels = L.frame_label_map(layout, f)
+        if labels is None:
             continue
-        labels = np.asarray(Image.open(layout.path(f.mask_path)))
         cols = np.where((labels >= L.LABEL_HEAD).any(axis=0))[0]
         if cols.size == 0:
             continue
@@ -177,5 +186,5 @@ def estimate_head_radius(layout: L.TalkingPortraitLayout, frames: List[L.FrameEn
 
 talking_portrait_dataparser = DataParserSpecification(
     config=TalkingPortraitDataParserConfig(),
-    description="A gstalker talking-portrait folder (gstalker-process / gstalker-synth output).",
+    description="A gstalker talking-portrait folder (gstalker-process / gstalker-synth output) or an ER-NeRF / AD-NeRF folder.",
 )

@@ -15,6 +15,9 @@ Cameras are camera-to-world 4x4 matrices in nerfstudio's OpenGL convention (x ri
 camera looking down -z). The world is the subject's head frame: origin at the head centre,
 +y up, +z out of the face. A moving head therefore shows up as a moving camera.
 
+Folders prepared by ER-NeRF / AD-NeRF (transforms_train.json, gt_imgs/, parsing/, aud_ds.npy, ...)
+are read as they are by `gstalker_ns.data.ernerf`; `read_layout` picks the reader.
+
 Everything here is plain numpy/json so preprocessing and tests can use it without nerfstudio.
 """
 
@@ -44,6 +47,10 @@ LABEL_TORSO = 1  # neck and torso
 LABEL_HEAD = 2  # face, hair, ears
 LABEL_LIPS = 3
 LABEL_MOUTH_INTERIOR = 4  # cavity and teeth
+# How a frame's mask file is to be read (FrameEntry.mask_kind).
+MASK_KIND_LABELS = "labels"  # our single-channel uint8 label map (values LABEL_*)
+MASK_KIND_ERNERF = "ernerf_parsing"  # ER-NeRF colour-coded parsing map (+ lips from the .lms landmarks)
+MASK_KINDS = (MASK_KIND_LABELS, MASK_KIND_ERNERF)
 LABEL_NAMES = {
     LABEL_BACKGROUND: "background",
     LABEL_TORSO: "torso",
@@ -67,6 +74,8 @@ class FrameEntry:
     mask_path: Optional[str]
     camera_to_world: np.ndarray  # [4, 4] float, OpenGL convention, head frame as world
     blink: float = 0.0  # 0 = eyes open, 1 = closed
+    mask_kind: str = MASK_KIND_LABELS  # how mask_path is read: MASK_KIND_LABELS or MASK_KIND_ERNERF
+    landmarks_path: Optional[str] = None  # ER-NeRF only: 68 2D landmarks (.lms) giving the lip polygons
 
 
 @dataclass
@@ -88,10 +97,23 @@ class TalkingPortraitLayout:
     audio_extractor: Dict[str, Any]
     head_radius: Optional[float] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    source: str = "gstalker"  # "gstalker" (transforms.json) or "ernerf" (an ER-NeRF / AD-NeRF folder)
+    frames_file: str = TRANSFORMS_FILE  # the file(s) listing the frames, for messages
 
     @property
     def num_frames(self) -> int:
         return len(self.frames)
+
+    @property
+    def frames_file_path(self) -> Path:
+        return self.root / self.frames_file
+
+    @property
+    def rerun_hint(self) -> str:
+        """What to re-run when a file is missing or wrong."""
+        if self.source == "ernerf":
+            return "re-run ER-NeRF's data_utils/process.py on the video"
+        return "re-run preprocessing"
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -189,8 +211,9 @@ def read_transforms(root: Path) -> TalkingPortraitLayout:
     tpath = root / TRANSFORMS_FILE
     _require(
         tpath.exists(),
-        f"{tpath}: missing; this folder is not a gstalker training folder "
-        "(create one with `gstalker-process VIDEO OUT/` or `gstalker-synth OUT/`)",
+        f"{tpath}: missing; this folder is neither a gstalker training folder "
+        "(create one with `gstalker-process VIDEO OUT/` or `gstalker-synth OUT/`) "
+        "nor an ER-NeRF / AD-NeRF folder (transforms_train.json)",
     )
     try:
         meta = json.loads(tpath.read_text(encoding="utf-8"))
@@ -259,28 +282,67 @@ def read_transforms(root: Path) -> TalkingPortraitLayout:
     )
 
 
+def read_layout(root: Path, ernerf_audio: str = "auto") -> TalkingPortraitLayout:
+    """Read a training folder in either format: our transforms.json first, else an ER-NeRF /
+    AD-NeRF folder (transforms_train.json ...). `ernerf_audio` picks the ER-NeRF feature file."""
+    root = Path(root)
+    if not (root / TRANSFORMS_FILE).exists():
+        from gstalker_ns.data import ernerf
+
+        if ernerf.is_ernerf_folder(root):
+            return ernerf.read_ernerf(root, audio=ernerf_audio)
+    return read_transforms(root)
+
+
 def check_files(layout: TalkingPortraitLayout) -> None:
-    """Check that every file transforms.json points at exists (cheap: stat calls only)."""
-    tpath = layout.root / TRANSFORMS_FILE
+    """Check that every file the layout points at exists (cheap: stat calls only)."""
+    tpath = layout.frames_file_path
+    hint = layout.rerun_hint
     for name in ("background", "audio"):
         rel = getattr(layout, name)
         if rel is not None:
             _require(
                 layout.path(rel).exists(),
-                f"{layout.path(rel)}: missing ({name} named in {tpath}); restore it or re-run preprocessing",
+                f"{layout.path(rel)}: missing ({name} named in {tpath}); restore it or {hint}",
             )
     _require(
         layout.path(layout.audio_features).exists(),
-        f"{layout.path(layout.audio_features)}: missing (audio features named in {tpath}); "
-        "re-run preprocessing to extract them",
+        f"{layout.path(layout.audio_features)}: missing (audio features named in {tpath}); {hint} to extract them",
     )
     for frame in layout.frames:
-        for rel in (frame.file_path, frame.mask_path):
+        for rel in (frame.file_path, frame.mask_path, frame.landmarks_path):
             if rel is not None and not layout.path(rel).exists():
                 raise DatasetError(
-                    f"{layout.path(rel)}: missing (frame {frame.frame_idx} in {tpath}); "
-                    "restore the file or re-run preprocessing"
+                    f"{layout.path(rel)}: missing (frame {frame.frame_idx} in {tpath}); restore the file or {hint}"
                 )
+
+
+def read_label_map(path: Path, kind: str = MASK_KIND_LABELS, landmarks_path: Optional[Path] = None) -> np.ndarray:
+    """A frame's label map as uint8 [H, W] (values LABEL_*), whatever the mask format.
+
+    The one reader of mask files: the dataset, seed points, head-radius estimate and evaluation
+    all go through it. `kind` is FrameEntry.mask_kind; ER-NeRF parsing maps are decoded in memory
+    (nothing is written to the folder)."""
+    if kind == MASK_KIND_LABELS:
+        from PIL import Image
+
+        labels = np.asarray(Image.open(path))
+        if labels.ndim == 3:  # tolerate RGB-saved label maps
+            labels = labels[..., 0]
+        return labels.astype(np.uint8)
+    if kind == MASK_KIND_ERNERF:
+        from gstalker_ns.data.ernerf import read_parsing_labels
+
+        return read_parsing_labels(Path(path), Path(landmarks_path) if landmarks_path else None)
+    raise DatasetError(f"{path}: unknown mask kind {kind!r} (known: {', '.join(MASK_KINDS)})")
+
+
+def frame_label_map(layout: TalkingPortraitLayout, frame: FrameEntry) -> Optional[np.ndarray]:
+    """`read_label_map` for one frame of a layout; None when the frame has no mask."""
+    if frame.mask_path is None:
+        return None
+    landmarks = layout.path(frame.landmarks_path) if frame.landmarks_path else None
+    return read_label_map(layout.path(frame.mask_path), frame.mask_kind, landmarks)
 
 
 def load_audio_features(layout: TalkingPortraitLayout) -> np.ndarray:
@@ -289,10 +351,10 @@ def load_audio_features(layout: TalkingPortraitLayout) -> np.ndarray:
     try:
         table = np.load(fpath, mmap_mode="r")
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{fpath}: unreadable ({exc}); re-run preprocessing to extract the features") from None
+        raise DatasetError(f"{fpath}: unreadable ({exc}); {layout.rerun_hint} to extract the features") from None
     _require(
         table.ndim in (2, 3),
-        f"{fpath}: expected a [frames, window, dim] array, got shape {tuple(table.shape)}; re-run preprocessing",
+        f"{fpath}: expected a [frames, window, dim] array, got shape {tuple(table.shape)}; {layout.rerun_hint}",
     )
     if table.ndim == 2:
         table = table[:, None, :]
@@ -301,7 +363,7 @@ def load_audio_features(layout: TalkingPortraitLayout) -> np.ndarray:
     # Feature extractors commonly produce one window less than there are frames: clamp that case.
     if table.shape[0] < needed - 1:
         raise DatasetError(
-            f"{fpath}: has {table.shape[0]} feature windows but {layout.root / TRANSFORMS_FILE} has frames up to "
-            f"index {max_idx}; the features do not belong to these frames: re-run preprocessing"
+            f"{fpath}: has {table.shape[0]} feature windows but {layout.frames_file_path} has frames up to "
+            f"index {max_idx}; the features do not belong to these frames: {layout.rerun_hint}"
         )
     return np.array(table, dtype=np.float32)  # a private, writable copy (the file may be memory-mapped)

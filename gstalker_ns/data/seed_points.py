@@ -64,9 +64,8 @@ def seed_points_from_masks(
     for i in picks:
         frame = frames[i]
         image = np.asarray(Image.open(layout.path(frame.file_path)).convert("RGB"))
-        if frame.mask_path is not None:
-            labels = np.asarray(Image.open(layout.path(frame.mask_path)))
-        else:  # no masks: treat the central ellipse as head
+        labels = L.frame_label_map(layout, frame)
+        if labels is None:  # no masks: treat the central ellipse as head
             h, w = image.shape[:2]
             yy, xx = np.mgrid[:h, :w]
             labels = np.where(((xx - w / 2) / (w / 3)) ** 2 + ((yy - h / 2) / (h / 3)) ** 2 < 1, L.LABEL_HEAD, 0)
