@@ -24,12 +24,21 @@ echo "[setup] creating/updating $VENV (first run takes about 2-3 minutes) ..."
   torch==2.13.0 torchvision==0.28.0 nerfstudio==1.1.5 gsplat==1.4.0 viser==0.2.7 \
   librosa av imageio-ffmpeg transformers pyyaml pytest
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+# mediapipe 0.10.21 is the last release that ships face mesh / segmentation models in its wheel.
+# It needs protobuf 4.25 (3.20 misparses its graphs) while nerfstudio declares protobuf<=3.20.3,
+# so it goes in a second, dependency-free step (nerfstudio and tensorboard work with 4.25; its
+# other needs, jax and opencv-contrib, are not used by face mesh: opencv-python-headless serves).
+"$VENV/bin/python" -m pip install -q --no-deps mediapipe==0.10.21 protobuf==4.25.8 flatbuffers==25.12.19 2>&1 \
+  | grep -v "dependency resolver\|nerfstudio .* requires protobuf\|mediapipe .* requires" || true
 
 site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 echo "import gstalker_ns._startup" > "$site/gstalker_ns_startup.pth"
 
 "$VENV/bin/python" - <<'PY'
 import torch, torchvision, nerfstudio, gsplat  # noqa: F401  (the start-up hook makes torchvision import)
+import mediapipe, google.protobuf
+assert google.protobuf.__version__.startswith("4.25"), google.protobuf.__version__
+assert hasattr(mediapipe, "solutions"), "mediapipe without bundled models"
 from nerfstudio.plugins.registry import discover_methods
 methods, _ = discover_methods()
 assert "gstalker" in methods, "gstalker method not registered"
