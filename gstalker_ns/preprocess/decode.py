@@ -50,6 +50,7 @@ import numpy as np
 from gstalker_ns.audio.io import AudioError, _resample, write_wav
 from gstalker_ns.data.layout import AUDIO_SAMPLE_RATE, DEFAULT_FPS, atomic_write_bytes, atomic_write_json
 from gstalker_ns.errors import GstalkerUserError
+from gstalker_ns.progress import progress_bar
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -532,24 +533,6 @@ class _DecodeStats:
         return _is_variable(np.asarray(self.source_times), self.tick_s)
 
 
-def _progress_bar(total: Optional[int], desc: str, enabled: bool):
-    """A tqdm bar, or a no-op object when disabled or tqdm is not installed."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
-        except ImportError:
-            pass
-
-    class _Null:
-        def update(self, n: int = 1) -> None: ...
-
-        def close(self) -> None: ...
-
-    return _Null()
-
-
 def _decoded_frames(container, stream, stats: _DecodeStats, path: Path) -> Iterator[Any]:
     """Every decodable frame in presentation order; damaged packets are skipped and counted."""
     try:
@@ -582,7 +565,7 @@ def _iter_output_frames(
     fps = _check_target_fps(target_fps)
     _check_path(path)
     scheduler = _Scheduler(fps)
-    bar = _progress_bar(expected, f"decode {path.name}", progress)
+    bar = progress_bar(expected, f"decode {path.name}", progress)
     last_item: List[Any] = [None, None]  # [source frame, its converted array]: repeats convert once
 
     def convert(frame) -> np.ndarray:

@@ -42,7 +42,7 @@ import numpy as np
 
 from gstalker_ns.data.layout import DEFAULT_FPS, atomic_write_bytes, atomic_write_json
 from gstalker_ns.errors import GstalkerUserError
-from gstalker_ns.preprocess.decode import _progress_bar
+from gstalker_ns.progress import progress_bar
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -190,7 +190,7 @@ def track_landmarks(
     size: Optional[Tuple[int, int]] = None
     nan_points = np.full((NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
     nan_z = np.full((NUM_LANDMARKS,), np.nan, dtype=np.float32)
-    bar = _progress_bar(num_frames, "landmarks", progress)
+    bar = progress_bar(num_frames, "landmarks", progress)
     mesh = _face_mesh()
     try:
         for k, frame in enumerate(frames):

@@ -56,6 +56,7 @@ from gstalker_ns.data.layout import (
     atomic_write_json,
 )
 from gstalker_ns.errors import GstalkerUserError
+from gstalker_ns.progress import progress_bar
 
 MASKS_VERSION = 1  # bump when the output for the same input changes
 MANIFEST_FILE = "masks.json"
@@ -146,7 +147,7 @@ def person_masks(frames: Iterable[np.ndarray], progress: bool = False, model_sel
     video (the model is created once)."""
     import mediapipe as mp
 
-    bar = _progress_bar(None, "segment", progress)
+    bar = progress_bar(None, "segment", progress)
     with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection) as seg:
         try:
             for frame in frames:
@@ -215,25 +216,6 @@ def label_map(person: np.ndarray, points_478: Optional[np.ndarray], height: int,
 
 # --------------------------------------------------------------------------------------------
 # the stage
-
-
-def _progress_bar(total: Optional[int], desc: str, enabled: bool):
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
-        except ImportError:
-            pass
-
-    class _Null:
-        def update(self, n: int = 1) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    return _Null()
 
 
 def list_frames(frames_dir: Path) -> List[Path]:
@@ -338,7 +320,7 @@ def masks_stage(frames_dir: Path, points: np.ndarray, stage_dir: Path, progress:
 
     no_face: List[int] = []
     shape = None
-    bar = _progress_bar(len(frame_paths), "masks", progress)
+    bar = progress_bar(len(frame_paths), "masks", progress)
     try:
         frames = (_read_rgb(p) for p in frame_paths)
         for k, person in enumerate(person_masks(frames)):

@@ -1,0 +1,240 @@
+"""`gstalker-process VIDEO OUT/`: every stage, in order, into one training folder.
+
+decode (25 fps frames, 16 kHz audio) -> landmarks (face mesh, gaps filled) -> crop (one square box
+for the clip) -> head poses -> label masks -> background plate -> audio features -> transforms.json.
+
+Stage outputs are cached in OUT/.gstalker-cache so an interrupted run resumes where it stopped;
+the training folder's transforms.json is written last, so a folder without it is never taken for a
+finished one. The input video is only read.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from gstalker_ns.data import layout as L
+from gstalker_ns.errors import GstalkerUserError
+from gstalker_ns.progress import progress_bar
+
+CACHE_DIR = ".gstalker-cache"
+OUR_FILES = ("frames", "masks", "background.png", "audio.wav", "audio_features.npy", L.TRANSFORMS_FILE, "process_report.json")
+
+
+class ProcessError(GstalkerUserError, ValueError):
+    """The output folder cannot be used (e.g. it holds someone else's files)."""
+
+
+@dataclass
+class ProcessSummary:
+    out_dir: Path
+    num_frames: int
+    kept_frames: int
+    size: int
+    seconds: float
+    video_seconds: float
+    messages: List[str] = field(default_factory=list)
+    stage_seconds: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def real_time_factor(self) -> float:
+        """Video seconds processed per wall-clock second (> 1: faster than real time)."""
+        return self.video_seconds / max(self.seconds, 1e-9)
+
+
+def check_output_folder(out_dir: Path, video: Path) -> None:
+    """Refuse an output folder that holds files we did not write (we never delete user data)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ProcessError(f"{out_dir}: exists and is not a folder; choose another output folder")
+    if out_dir.is_dir():
+        foreign = [p.name for p in out_dir.iterdir() if p.name not in OUR_FILES + (CACHE_DIR, video.name)]
+        if foreign:
+            raise ProcessError(
+                f"{out_dir}: already holds {', '.join(sorted(foreign)[:3])}{'...' if len(foreign) > 3 else ''}; "
+                "use an empty or new output folder"
+            )
+
+
+def _write_cropped_frames(frame_paths: List[Path], box, frames_out: Path, progress: bool) -> None:
+    """Crop + resize every decoded frame into the training folder (copies when the box is identity)."""
+    import cv2
+
+    frames_out.mkdir(parents=True, exist_ok=True)
+    with progress_bar(len(frame_paths), "crop", progress) as bar:
+        for src in frame_paths:
+            dst = frames_out / src.name
+            if box.is_identity:
+                L.atomic_write_bytes(dst, src.read_bytes())
+            else:
+                image = cv2.imread(str(src), cv2.IMREAD_COLOR)
+                ok, encoded = cv2.imencode(".jpg", box.apply(image), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                if not ok:
+                    raise RuntimeError(f"could not encode {dst}")
+                L.atomic_write_bytes(dst, encoded.tobytes())
+            bar.update(1)
+
+
+def process_video(video: Path, out_dir: Path, size: int = 512, progress: bool = True) -> ProcessSummary:
+    """Run every stage; returns what was written and how long each stage took."""
+    from gstalker_ns.audio.features import AudioFeatureSpec, extract_features
+    from gstalker_ns.audio.io import read_wav
+    from gstalker_ns.preprocess.background import background_plate, write_background
+    from gstalker_ns.preprocess.crop import choose_crop
+    from gstalker_ns.preprocess.decode import decode_video
+    from gstalker_ns.preprocess.landmarks import blink_from_ear, eye_aspect_ratio, fill_missing, landmarks_stage
+    from gstalker_ns.preprocess.masks import masks_stage
+    from gstalker_ns.preprocess.pose import estimate_poses
+
+    video, out_dir = Path(video), Path(out_dir)
+    check_output_folder(out_dir, video)
+    cache = out_dir / CACHE_DIR
+    started = time.perf_counter()
+    times: Dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        times[name] = round(now - since, 2)
+        return now
+
+    t = started
+    decoded = decode_video(video, cache / "decode", progress=progress)
+    t = lap("decode", t)
+    raw = landmarks_stage(decoded.frames_dir, cache / "landmarks", progress=progress)
+    track, report = fill_missing(raw, source=video.name, fps=decoded.fps)
+    t = lap("landmarks", t)
+
+    box = choose_crop(track.points, track.width, track.height, out_size=size)
+    _write_cropped_frames(decoded.frame_paths, box, out_dir / "frames", progress)
+    points = box.map_points(track.points)
+    z = track.z * box.scale
+    t = lap("crop", t)
+
+    poses = estimate_poses(points, z, track.valid, box.out_size, box.out_size)
+    t = lap("poses", t)
+
+    masks_dir = masks_stage(out_dir / "frames", points, cache / "masks", progress=progress)
+    masks_out = out_dir / "masks"
+    masks_out.mkdir(exist_ok=True)
+    for src in sorted(Path(masks_dir).glob("*.png")):
+        L.atomic_write_bytes(masks_out / src.name, src.read_bytes())
+    t = lap("masks", t)
+
+    plate, never_seen = background_plate(out_dir / "frames", masks_dir)
+    write_background(out_dir / "background.png", plate)
+    t = lap("background", t)
+
+    wave, rate = read_wav(decoded.audio_path)
+    spec = AudioFeatureSpec()
+    table = extract_features(wave, spec, num_frames=decoded.num_frames, wave_sample_rate=rate)
+    L.atomic_save_npy(out_dir / "audio_features.npy", table)
+    L.atomic_write_bytes(out_dir / "audio.wav", decoded.audio_path.read_bytes())
+    t = lap("audio_features", t)
+
+    blink = np.nan_to_num(blink_from_ear(eye_aspect_ratio(points)), nan=0.0)
+    frames = [
+        L.FrameEntry(
+            frame_idx=k,
+            file_path=f"frames/{decoded.frame_path(k).name}",
+            mask_path=f"masks/{decoded.frame_path(k).name.rsplit('.', 1)[0]}.png",
+            camera_to_world=poses.camera_to_world[k],
+            blink=float(blink[k]),
+        )
+        for k in range(decoded.num_frames)
+        if track.valid[k]
+    ]
+    messages = list(report.messages)
+    if never_seen.mean() > 0:
+        messages.append(f"{100 * never_seen.mean():.0f}% of the background plate was never seen and is inpainted")
+    L.atomic_write_json(
+        out_dir / "process_report.json",
+        {
+            "video": str(video),
+            "crop": box.to_json(),
+            "focal": poses.focal,
+            "reprojection_error_px": {
+                "median": float(np.nanmedian(poses.reprojection_error)),
+                "max": float(np.nanmax(poses.reprojection_error)),
+                "per_frame": np.round(poses.reprojection_error, 3).tolist(),
+            },
+            "frames_without_face": int((~track.valid).sum()),
+            "messages": messages,
+            "stage_seconds": times,
+        },
+    )
+    L.write_transforms(
+        out_dir,
+        fps=decoded.fps,
+        width=box.out_size,
+        height=box.out_size,
+        fl_x=poses.focal,
+        fl_y=poses.focal,
+        cx=poses.cx,
+        cy=poses.cy,
+        frames=frames,
+        audio_extractor=spec.to_json(),
+        head_radius=poses.head_radius,
+        extra={"source": "gstalker-process", "crop": box.to_json(), "video": video.name},
+    )
+    total = time.perf_counter() - started
+    return ProcessSummary(
+        out_dir=out_dir,
+        num_frames=decoded.num_frames,
+        kept_frames=len(frames),
+        size=box.out_size,
+        seconds=total,
+        video_seconds=decoded.duration_s,
+        messages=messages,
+        stage_seconds=times,
+    )
+
+
+def remove_cache(out_dir: Path) -> None:
+    """Delete the stage cache (only our own folder inside OUT)."""
+    shutil.rmtree(Path(out_dir) / CACHE_DIR, ignore_errors=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`gstalker-process VIDEO OUT/` command line."""
+    import argparse
+    import sys
+
+    from gstalker_ns import _compat
+
+    _compat.apply_all()
+    parser = argparse.ArgumentParser(
+        prog="gstalker-process",
+        description=(
+            "Turn a talking-portrait video into a gstalker training folder: 25 fps frames, 16 kHz audio and "
+            "features, head poses, masks and a background plate. Offline; no licence-gated models. "
+            "Interrupted runs resume from the last finished stage."
+        ),
+    )
+    parser.add_argument("video", type=Path, help="input video (any frame rate; must contain speech audio)")
+    parser.add_argument("out", type=Path, help="output training folder (new or empty, or an earlier run's)")
+    parser.add_argument("--size", type=int, default=512, help="side of the square face-centred crop (default 512)")
+    parser.add_argument("--keep-cache", action="store_true", help="keep OUT/.gstalker-cache (stage outputs) after success")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.size < 64:
+        parser.error(f"--size must be at least 64, got {args.size}")
+    try:
+        summary = process_video(args.video, args.out, size=args.size, progress=not args.quiet)
+    except GstalkerUserError as exc:
+        print(f"gstalker-process: error: {exc}", file=sys.stderr)
+        return 2
+    if not args.keep_cache:
+        remove_cache(args.out)
+    print(
+        f"gstalker-process: {summary.kept_frames}/{summary.num_frames} frames at {summary.size}x{summary.size} "
+        f"in {summary.seconds:.1f} s ({summary.real_time_factor:.1f}x real time) -> {summary.out_dir}"
+    )
+    for message in summary.messages:
+        print(f"  note: {message}")
+    print(f"  stages (s): {summary.stage_seconds}")
+    print(f"  train: ns-train gstalker --data {summary.out_dir}")
+    return 0

@@ -1,0 +1,75 @@
+"""`gstalker-process` end to end on our synthetic subject's talk.mp4 (mediapipe detects its face)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gstalker_ns.data.dataparser import TalkingPortraitDataParserConfig
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    from gstalker_ns.preprocess.pipeline import process_video
+    from gstalker_ns.synth.subject import generate_subject
+
+    root = tmp_path_factory.mktemp("process")
+    subject = generate_subject(root / "subject", duration=3.0, size=256, seed=3, progress=False)
+    video = subject / "talk.mp4"
+    before = video.read_bytes()
+    summary = process_video(video, root / "person", size=256, progress=False)
+    assert video.read_bytes() == before  # the input is never modified
+    return subject, root / "person", summary
+
+
+def test_process_writes_a_training_folder_the_dataparser_loads(processed):
+    subject, person, summary = processed
+    assert summary.num_frames == 75 and summary.kept_frames >= 72
+    outputs = TalkingPortraitDataParserConfig(data=person, num_seed_points=500).setup().get_dataparser_outputs("train")
+    assert len(outputs.image_filenames) >= 65
+    assert tuple(outputs.metadata["audio_features"].shape) == (75, 16, 80)
+    labels = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(person / "masks" / "000010.png"))
+    assert {0, 1, 2, 3}.issubset(set(np.unique(labels).tolist()))
+
+
+def test_process_poses_follow_the_true_head_motion(processed):
+    subject, person, _ = processed
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "process_vs_ground_truth.py"), str(subject), str(person)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(completed.stdout)
+    assert report["rotation_error_deg"]["median"] < 3.0, report
+    assert report["rotation_error_deg"]["median"] < 0.5 * report["head_rotation_range_deg"], report
+
+
+def test_process_cli_refuses_a_folder_with_foreign_files(processed, tmp_path):
+    subject, _, _ = processed
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    completed = subprocess.run([str(BIN / "gstalker-process"), str(subject / "talk.mp4"), str(out), "--quiet"], capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert "use an empty or new output folder" in completed.stderr and "Traceback" not in completed.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_process_cli_one_line_error_for_a_video_without_audio(tmp_path):
+    from gstalker_ns.media.video import write_mp4
+
+    video = tmp_path / "silent_film.mp4"
+    write_mp4(video, (np.full((64, 64, 3), i, np.uint8) for i in range(50)), fps=25.0)
+    completed = subprocess.run([str(BIN / "gstalker-process"), str(video), str(tmp_path / "out"), "--quiet"], capture_output=True, text=True)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    lines = [line for line in completed.stderr.splitlines() if line.startswith("gstalker-process: error:")]
+    assert len(lines) == 1 and "no audio track" in lines[0]
