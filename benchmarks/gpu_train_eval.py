@@ -98,6 +98,29 @@ def render_latency(pipeline, frames: int) -> dict:
     }
 
 
+def save_heldout_video(pipeline, path: Path) -> int:
+    """Ground truth | render for every held-out frame, as an mp4 (cv2, which the GPU machine has)."""
+    import cv2
+    import torch
+
+    writer = None
+    count = 0
+    with torch.no_grad():
+        for camera, batch in pipeline.datamanager.fixed_indices_eval_dataloader:
+            pred = pipeline.model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1).cpu().numpy()
+            gt = batch["image"][..., :3].cpu().numpy()
+            gt = gt / 255.0 if gt.dtype == np.uint8 else gt
+            pair = (np.concatenate([gt, pred], axis=1) * 255).round().astype(np.uint8)[..., ::-1]
+            if writer is None:
+                height, width = pair.shape[:2]
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (width, height))
+            writer.write(np.ascontiguousarray(pair))
+            count += 1
+    if writer is not None:
+        writer.release()
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="gstalker", choices=["gstalker", "splatfacto"])
@@ -111,6 +134,7 @@ def main() -> None:
     parser.add_argument("--speed-frames", type=int, default=500)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench_out")))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gstalker_bench"))
+    parser.add_argument("--save-renders", action="store_true", help="also write OUT/METHOD_heldout.mp4 (ground truth | render)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ns-train arguments after --")
     args = parser.parse_args()
     extra = [a for a in args.extra if a != "--"]
@@ -149,6 +173,8 @@ def main() -> None:
     report["gaussians"] = int(pipeline.model.num_points)
     report["peak_gpu_memory_render_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     report["per_frame_mouth"] = {"render": result.mouth_render, "gt": result.mouth_gt}
+    if args.save_renders:
+        report["heldout_video_frames"] = save_heldout_video(pipeline, args.out / f"{args.method}_heldout.mp4")
     (args.out / f"{args.method}_results.json").write_text(json.dumps(report, indent=1) + "\n")
     summary = {k: v for k, v in report.items() if k != "per_frame_mouth"}
     print(json.dumps(summary, indent=1))
