@@ -73,3 +73,15 @@ def test_process_cli_one_line_error_for_a_video_without_audio(tmp_path):
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
     lines = [line for line in completed.stderr.splitlines() if line.startswith("gstalker-process: error:")]
     assert len(lines) == 1 and "no audio track" in lines[0]
+
+
+def test_shift_audio_realigns_and_keeps_length():
+    from gstalker_ns.preprocess.pipeline import shift_audio
+
+    wave = np.zeros(16000, np.float32)
+    wave[8000] = 1.0  # a click at 0.5 s
+    late = shift_audio(wave, 16000, 100.0)  # sound lags the lips by 100 ms: move it earlier
+    early = shift_audio(wave, 16000, -100.0)
+    assert len(late) == len(early) == len(wave)
+    assert int(np.argmax(late)) == 8000 - 1600 and int(np.argmax(early)) == 8000 + 1600
+    assert shift_audio(wave, 16000, 0.0) is wave

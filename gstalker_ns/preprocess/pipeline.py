@@ -79,10 +79,27 @@ def _write_cropped_frames(frame_paths: List[Path], box, frames_out: Path, progre
             bar.update(1)
 
 
-def process_video(video: Path, out_dir: Path, size: int = 512, progress: bool = True) -> ProcessSummary:
+def shift_audio(wave: np.ndarray, sample_rate: int, offset_ms: float) -> np.ndarray:
+    """Re-align audio that lags (offset > 0) or leads (offset < 0) the lips; the length is kept.
+
+    A clip whose sound is `offset_ms` behind the picture is fixed by dropping that much from the
+    start of the audio (and padding silence at the end), so feature window k sits on frame k's speech.
+    """
+    shift = int(round(abs(offset_ms) * sample_rate / 1000.0))
+    if shift == 0:
+        return wave
+    silence = np.zeros(min(shift, len(wave)), dtype=wave.dtype)
+    if offset_ms > 0:
+        return np.concatenate([wave[shift:], silence])
+    return np.concatenate([silence, wave[: len(wave) - shift]])
+
+
+def process_video(
+    video: Path, out_dir: Path, size: int = 512, progress: bool = True, audio_offset_ms: float = 0.0
+) -> ProcessSummary:
     """Run every stage; returns what was written and how long each stage took."""
     from gstalker_ns.audio.features import AudioFeatureSpec, extract_features
-    from gstalker_ns.audio.io import read_wav
+    from gstalker_ns.audio.io import read_wav, write_wav
     from gstalker_ns.preprocess.background import background_plate, write_background
     from gstalker_ns.preprocess.crop import choose_crop
     from gstalker_ns.preprocess.decode import decode_video
@@ -129,10 +146,11 @@ def process_video(video: Path, out_dir: Path, size: int = 512, progress: bool = 
     t = lap("background", t)
 
     wave, rate = read_wav(decoded.audio_path)
+    wave = shift_audio(wave, rate, audio_offset_ms)
     spec = AudioFeatureSpec()
     table = extract_features(wave, spec, num_frames=decoded.num_frames, wave_sample_rate=rate)
     L.atomic_save_npy(out_dir / "audio_features.npy", table)
-    L.atomic_write_bytes(out_dir / "audio.wav", decoded.audio_path.read_bytes())
+    write_wav(out_dir / "audio.wav", wave, rate)
     t = lap("audio_features", t)
 
     blink = np.nan_to_num(blink_from_ear(eye_aspect_ratio(points)), nan=0.0)
@@ -162,6 +180,7 @@ def process_video(video: Path, out_dir: Path, size: int = 512, progress: bool = 
                 "per_frame": np.round(poses.reprojection_error, 3).tolist(),
             },
             "frames_without_face": int((~track.valid).sum()),
+            "audio_offset_ms": audio_offset_ms,
             "messages": messages,
             "stage_seconds": times,
         },
@@ -217,13 +236,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("video", type=Path, help="input video (any frame rate; must contain speech audio)")
     parser.add_argument("out", type=Path, help="output training folder (new or empty, or an earlier run's)")
     parser.add_argument("--size", type=int, default=512, help="side of the square face-centred crop (default 512)")
+    parser.add_argument(
+        "--audio-offset-ms",
+        type=float,
+        default=0.0,
+        help="how far the sound lags the lips in this video, in ms (negative: it leads); the audio is re-aligned",
+    )
     parser.add_argument("--keep-cache", action="store_true", help="keep OUT/.gstalker-cache (stage outputs) after success")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.size < 64:
         parser.error(f"--size must be at least 64, got {args.size}")
     try:
-        summary = process_video(args.video, args.out, size=args.size, progress=not args.quiet)
+        summary = process_video(
+            args.video, args.out, size=args.size, progress=not args.quiet, audio_offset_ms=args.audio_offset_ms
+        )
     except GstalkerUserError as exc:
         print(f"gstalker-process: error: {exc}", file=sys.stderr)
         return 2
