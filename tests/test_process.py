@@ -85,3 +85,23 @@ def test_shift_audio_realigns_and_keeps_length():
     assert len(late) == len(early) == len(wave)
     assert int(np.argmax(late)) == 8000 - 1600 and int(np.argmax(early)) == 8000 + 1600
     assert shift_audio(wave, 16000, 0.0) is wave
+
+
+def test_data_can_name_a_video_or_a_folder_holding_only_a_video(processed, tmp_path):
+    """`ns-train gstalker --data talk.mp4`: the dataparser processes the video first, next to it, once."""
+    import shutil
+
+    from gstalker_ns.data.dataparser import resolve_training_folder
+
+    subject, _, _ = processed
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    video = folder / "talk.mp4"
+    shutil.copy2(subject / "talk.mp4", video)
+    outputs = TalkingPortraitDataParserConfig(data=folder, num_seed_points=300).setup().get_dataparser_outputs("train")
+    assert (folder / "talk.gstalker" / "transforms.json").exists()
+    assert len(outputs.image_filenames) > 60
+    stamp = (folder / "talk.gstalker" / "transforms.json").stat().st_mtime_ns
+    assert resolve_training_folder(video) == folder / "talk.gstalker"  # reused, not processed again
+    assert (folder / "talk.gstalker" / "transforms.json").stat().st_mtime_ns == stamp
+    assert resolve_training_folder(subject) == subject  # a training folder stays as it is

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Tuple, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ class TalkingPortraitDataParser(DataParser):
     includes_time: bool = False
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
-        layout = L.read_layout(self.config.data, ernerf_audio=self.config.ernerf_audio)
+        layout = L.read_layout(resolve_training_folder(Path(self.config.data)), ernerf_audio=self.config.ernerf_audio)
         L.check_files(layout)
         audio_table = L.load_audio_features(layout)
         num_feature_rows = audio_table.shape[0]
@@ -163,6 +163,40 @@ class TalkingPortraitDataParser(DataParser):
             dataparser_scale=scale,
             metadata=metadata,
         )
+
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+PROCESSED_SUFFIX = ".gstalker"
+
+
+def _lone_video(folder: Path) -> Optional[Path]:
+    """The only video in a folder that holds nothing else (but our own processed folders)."""
+    entries = [p for p in folder.iterdir() if not p.name.endswith(PROCESSED_SUFFIX) and not p.name.startswith(".")]
+    videos = [p for p in entries if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+    return videos[0] if len(videos) == 1 and len(entries) == 1 else None
+
+
+def resolve_training_folder(data: Path) -> Path:
+    """`--data` may name a video, or a folder holding only a video: it is processed first
+    (gstalker-process) into `<video stem>.gstalker/` next to it, once; later runs reuse that folder."""
+    from gstalker_ns.data.ernerf import is_ernerf_folder
+
+    video: Optional[Path] = None
+    if data.is_file() and data.suffix.lower() in VIDEO_SUFFIXES:
+        video = data
+    elif data.is_dir() and not (data / L.TRANSFORMS_FILE).exists() and not is_ernerf_folder(data):
+        video = _lone_video(data)
+    if video is None:
+        return data
+    processed = video.parent / f"{video.stem}{PROCESSED_SUFFIX}"
+    if not (processed / L.TRANSFORMS_FILE).exists():
+        from gstalker_ns.preprocess.pipeline import process_video
+        from nerfstudio.utils.rich_utils import CONSOLE
+
+        CONSOLE.print(f"[gstalker] {video} is a video: processing it first into {processed} (gstalker-process)")
+        summary = process_video(video, processed)
+        CONSOLE.print(f"[gstalker] processed {summary.kept_frames} frames in {summary.seconds:.0f} s")
+    return processed
 
 
 def estimate_head_radius(layout: L.TalkingPortraitLayout, frames: List[L.FrameEntry]) -> float:
