@@ -23,7 +23,7 @@ from gstalker_ns.errors import GstalkerUserError
 from gstalker_ns.progress import progress_bar
 
 CACHE_DIR = ".gstalker-cache"
-OUR_FILES = ("frames", "masks", "background.png", "audio.wav", "audio_features.npy", L.TRANSFORMS_FILE, "process_report.json")
+OUR_FILES = ("frames", "masks", "previews", "background.png", "audio.wav", "audio_features.npy", L.TRANSFORMS_FILE, "process_report.json")
 
 
 class ProcessError(GstalkerUserError, ValueError):
@@ -40,6 +40,7 @@ class ProcessSummary:
     video_seconds: float
     messages: List[str] = field(default_factory=list)
     stage_seconds: Dict[str, float] = field(default_factory=dict)
+    previews: List[Path] = field(default_factory=list)
 
     @property
     def real_time_factor(self) -> float:
@@ -103,9 +104,16 @@ def process_video(
     from gstalker_ns.preprocess.background import background_plate, write_background
     from gstalker_ns.preprocess.crop import choose_crop
     from gstalker_ns.preprocess.decode import decode_video
-    from gstalker_ns.preprocess.landmarks import blink_from_ear, eye_aspect_ratio, fill_missing, landmarks_stage
+    from gstalker_ns.preprocess.landmarks import (
+        blink_from_ear,
+        eye_aspect_ratio,
+        fill_missing,
+        inner_lip_distance,
+        landmarks_stage,
+    )
     from gstalker_ns.preprocess.masks import masks_stage
     from gstalker_ns.preprocess.pose import estimate_poses
+    from gstalker_ns.preprocess.previews import write_previews
 
     video, out_dir = Path(video), Path(out_dir)
     check_output_folder(out_dir, video)
@@ -165,6 +173,20 @@ def process_video(
         for k in range(decoded.num_frames)
         if track.valid[k]
     ]
+    previews = write_previews(
+        out_dir,
+        out_dir / "frames",
+        masks_out,
+        points,
+        poses,
+        blink,
+        inner_lip_distance(points),
+        plate,
+        never_seen,
+        track.valid,
+        decoded.fps,
+    )
+    t = lap("previews", t)
     messages = list(report.messages)
     if never_seen.mean() > 0:
         messages.append(f"{100 * never_seen.mean():.0f}% of the background plate was never seen and is inpainted")
@@ -209,6 +231,7 @@ def process_video(
         video_seconds=decoded.duration_s,
         messages=messages,
         stage_seconds=times,
+        previews=previews,
     )
 
 
@@ -263,5 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for message in summary.messages:
         print(f"  note: {message}")
     print(f"  stages (s): {summary.stage_seconds}")
+    if summary.previews:
+        print(f"  previews: {', '.join(str(p) for p in summary.previews)}")
     print(f"  train: ns-train gstalker --data {summary.out_dir}")
     return 0
