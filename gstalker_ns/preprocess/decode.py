@@ -50,6 +50,7 @@ import numpy as np
 from gstalker_ns.audio.io import AudioError, _resample, write_wav
 from gstalker_ns.data.layout import AUDIO_SAMPLE_RATE, DEFAULT_FPS, atomic_write_bytes, atomic_write_json
 from gstalker_ns.errors import GstalkerUserError
+from gstalker_ns.preprocess.stage_files import remove_stale_files
 from gstalker_ns.progress import progress_bar
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -958,30 +959,6 @@ def _refuse_output_overlap(path: Path, out_dir: Path) -> None:
         )
 
 
-def _remove_own_files(frames_dir: Path, out_dir: Path, keep_below: Optional[int]) -> None:
-    """Delete this stage's leftovers: temp files of interrupted writes and, when ``keep_below`` is
-    given, frames numbered from it on (a longer earlier run). Other files are left alone."""
-    for folder in (frames_dir, out_dir):
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
-            name = entry.name
-            stale_temp = _TEMP_FILE_RE.match(name) is not None
-            stale_frame = (
-                keep_below is not None
-                and folder == frames_dir
-                and _FRAME_FILE_RE.match(name) is not None
-                and int(name[:6]) >= keep_below
-            )
-            if (stale_temp or stale_frame) and entry.is_file(follow_symlinks=False):
-                try:
-                    os.unlink(entry.path)
-                except OSError:
-                    pass
-
-
 def decode_video(
     path: PathLike,
     out_dir: Path,
@@ -1020,7 +997,7 @@ def decode_video(
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # from here on the folder is "not done"
     frames_dir = out_dir / FRAMES_DIR
     frames_dir.mkdir(exist_ok=True)
-    _remove_own_files(frames_dir, out_dir, keep_below=None)
+    remove_stale_files(frames_dir, out_dir, _TEMP_FILE_RE, _FRAME_FILE_RE, keep_below=None)
 
     pixel_format, encode = _jpeg_encoder(int(jpeg_quality))
     stats = _DecodeStats()
@@ -1033,7 +1010,7 @@ def decode_video(
     finally:
         writer.close(wait=ok)
     num_frames = stats.num_outputs
-    _remove_own_files(frames_dir, out_dir, keep_below=num_frames)
+    remove_stale_files(frames_dir, out_dir, _TEMP_FILE_RE, _FRAME_FILE_RE, keep_below=num_frames)
 
     duration = num_frames / fps
     if abs(stats.start_s - info.start_s) * AUDIO_SAMPLE_RATE >= 0.5 or num_frames != expected:

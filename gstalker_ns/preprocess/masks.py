@@ -56,6 +56,7 @@ from gstalker_ns.data.layout import (
     atomic_write_json,
 )
 from gstalker_ns.errors import GstalkerUserError
+from gstalker_ns.preprocess.stage_files import NUMBERED_PNG_RE, remove_stale_files
 from gstalker_ns.progress import progress_bar
 
 MASKS_VERSION = 1  # bump when the output for the same input changes
@@ -266,27 +267,6 @@ def _cached(stage_dir: Path, fingerprint: Dict[str, Any]) -> bool:
     return all(MASK_NAME.format(k) in present for k in range(fingerprint["num_frames"]))
 
 
-def _remove_own_files(masks_dir: Path, stage_dir: Path, keep_below: Optional[int]) -> None:
-    for folder in (masks_dir, stage_dir):
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
-            name = entry.name
-            stale = _TEMP_FILE_RE.match(name) is not None or (
-                keep_below is not None
-                and folder == masks_dir
-                and re.match(r"^\d{6}\.png$", name) is not None
-                and int(name[:6]) >= keep_below
-            )
-            if stale and entry.is_file(follow_symlinks=False):
-                try:
-                    os.unlink(entry.path)
-                except OSError:
-                    pass
-
-
 def _read_rgb(path: Path) -> np.ndarray:
     import cv2
 
@@ -316,7 +296,7 @@ def masks_stage(frames_dir: Path, points: np.ndarray, stage_dir: Path, progress:
 
     masks_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / MANIFEST_FILE).unlink(missing_ok=True)  # from here on the stage is "not done"
-    _remove_own_files(masks_dir, stage_dir, keep_below=None)
+    remove_stale_files(masks_dir, stage_dir, _TEMP_FILE_RE, NUMBERED_PNG_RE, keep_below=None)
 
     no_face: List[int] = []
     shape = None
@@ -341,7 +321,7 @@ def masks_stage(frames_dir: Path, points: np.ndarray, stage_dir: Path, progress:
             bar.update(1)
     finally:
         bar.close()
-    _remove_own_files(masks_dir, stage_dir, keep_below=len(frame_paths))
+    remove_stale_files(masks_dir, stage_dir, _TEMP_FILE_RE, NUMBERED_PNG_RE, keep_below=len(frame_paths))
 
     atomic_write_json(
         stage_dir / MANIFEST_FILE,
