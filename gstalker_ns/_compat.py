@@ -119,11 +119,43 @@ def make_lpips_offline() -> None:
     image_metrics.LearnedPerceptualImagePatchSimilarity = OfflineLPIPS
 
 
+def use_bundled_ffmpeg() -> None:
+    """Put imageio-ffmpeg's bundled binary on PATH as `ffmpeg` when the system has none.
+
+    nerfstudio's ns-render checks `shutil.which("ffmpeg")` and mediapy calls it by that name, so
+    `ns-render ... --output-path out.mp4` would otherwise need a system install. The link lives in
+    our cache folder (~/.cache/gstalker-ns/bin); the PATH change is for this process only.
+    """
+    import shutil
+
+    if shutil.which("ffmpeg") is not None:
+        return
+    try:
+        import imageio_ffmpeg
+
+        exe = Path(imageio_ffmpeg.get_ffmpeg_exe())
+    except Exception:  # not installed, or no binary for this platform
+        return
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gstalker-ns" / "bin"
+    link = folder / "ffmpeg"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (link.is_symlink() and Path(os.readlink(link)) == exe):
+            tmp = folder / f".ffmpeg.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(exe)
+            os.replace(tmp, link)
+    except OSError:
+        return
+    os.environ["PATH"] = os.pathsep.join(p for p in (os.environ.get("PATH", ""), str(folder)) if p)
+
+
 def apply_all() -> None:
     """Everything a gstalker entry point needs before it imports nerfstudio."""
     ensure_torchvision_importable()
     allow_nerfstudio_checkpoints()
     make_lpips_offline()
+    use_bundled_ffmpeg()
     from gstalker_ns.errors import install_excepthook
 
     install_excepthook()

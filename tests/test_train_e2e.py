@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from gstalker_ns.demo import find_config, ns_train_command
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -36,15 +34,9 @@ def test_ns_train_help_lists_gstalker():
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from gstalker_ns.synth.subject import generate_subject
-
-    root = tmp_path_factory.mktemp("e2e")
-    preset = yaml.safe_load((REPO / "configs" / "ci-tiny.yaml").read_text())
-    subject = generate_subject(root / "subject", **preset["synth"], progress=False)
-    command = ns_train_command(subject, root / "outputs", preset["train_args"] + ["--logging.steps-per-log=1"], "e2e")
-    _run(command, cwd=root)
-    return root, find_config(root / "outputs", "e2e")
+def trained_run(tiny_run):
+    root, config_path, _ = tiny_run
+    return root, config_path
 
 
 def _scalar_series(run_dir: Path, tag: str):

@@ -120,6 +120,9 @@ def write_mp4(
             _write_pyav(tmp, frames, rate, audio_arr, int(sample_rate), int(crf))
         else:
             _write_ffmpeg(tmp, frames, rate, audio_arr, int(sample_rate), int(crf))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the video is an ordinary output file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -232,3 +235,43 @@ def _write_ffmpeg(tmp: str, frames: Iterable[np.ndarray], rate: Fraction, audio,
         if proc.wait() != 0:
             last = err.splitlines()[-1] if err else f"exit code {proc.returncode}"
             raise VideoWriterError(f"ffmpeg failed writing {tmp}: {last}")
+
+
+def probe_mp4(path: PathLike) -> dict:
+    """What a player sees in a media file, by demuxing every packet (an ffprobe stand-in that
+    needs no ffprobe binary): per stream its codec, packet count and end time in seconds.
+
+    Returns {"video": {...} | None, "audio": {...} | None}; each has codec, packets, start, end
+    (seconds, from packet timestamps, priming samples excluded) and rate (fps or sample rate).
+    """
+    import av
+
+    info: dict = {"video": None, "audio": None}
+    with av.open(str(path)) as container:
+        streams = {s.index: s for s in container.streams if s.type in ("video", "audio")}
+        ends: dict = {i: None for i in streams}
+        starts: dict = {i: None for i in streams}
+        counts: dict = {i: 0 for i in streams}
+        for packet in container.demux(*streams.values()):
+            if packet.pts is None or packet.size == 0:
+                continue
+            i = packet.stream.index
+            tb = packet.time_base
+            start = float(packet.pts * tb)
+            end = float((packet.pts + (packet.duration or 0)) * tb)
+            counts[i] += 1
+            starts[i] = start if starts[i] is None else min(starts[i], start)
+            ends[i] = end if ends[i] is None else max(ends[i], end)
+        for i, stream in streams.items():
+            kind = stream.type
+            if info[kind] is not None:
+                continue
+            rate = float(stream.average_rate) if kind == "video" and stream.average_rate else stream.rate
+            info[kind] = {
+                "codec": stream.codec_context.name,
+                "packets": counts[i],
+                "start": max(0.0, starts[i] or 0.0),
+                "end": ends[i] or 0.0,
+                "rate": float(rate) if rate else None,
+            }
+    return info

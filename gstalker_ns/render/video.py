@@ -1,0 +1,149 @@
+"""The render loop: a trained model + per-frame drive (audio rows, blinks, poses) -> an mp4 with sound.
+
+Frames are rendered on the model's device in a background thread while the main thread encodes,
+so the GPU and the encoder work at the same time; the queue between them is short, so memory
+stays flat for any audio length.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from gstalker_ns.drive.poses import PoseTrack
+from gstalker_ns.media.video import write_mp4
+from gstalker_ns.progress import progress_bar
+from gstalker_ns.render.frames import side_by_side
+
+
+@dataclass
+class RenderReport:
+    """What was written and how fast (render + encode, wall clock)."""
+
+    output: Path
+    num_frames: int
+    fps: float
+    audio_seconds: float
+    wall_seconds: float
+
+    @property
+    def frames_per_second(self) -> float:
+        """End-to-end throughput: frames written per wall-clock second, encoding included."""
+        return self.num_frames / max(self.wall_seconds, 1e-9)
+
+    def as_dict(self) -> dict:
+        return {
+            "output": str(self.output),
+            "num_frames": self.num_frames,
+            "fps": self.fps,
+            "audio_seconds": self.audio_seconds,
+            "wall_seconds": self.wall_seconds,
+            "frames_per_second": self.frames_per_second,
+        }
+
+
+@contextmanager
+def driven(model, features: Optional[np.ndarray], blink: Optional[np.ndarray]):
+    """Temporarily drive `model` with another feature table and blink track; restored afterwards."""
+    saved = (model.audio_table, model.blink_table)
+    try:
+        if features is not None:
+            model.set_drive(torch.from_numpy(np.asarray(features)), None if blink is None else torch.from_numpy(blink))
+        yield model
+    finally:
+        model.audio_table, model.blink_table = saved
+
+
+def rgb_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """[H, W, 3] float render -> uint8 on the render device, then one small copy to the host."""
+    return (rgb[..., :3].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def render_frames(model, poses: PoseTrack, rows: Sequence[int], scale: float = 1.0) -> Iterator[np.ndarray]:
+    """Render output frame k at pose k driven by feature row rows[k]; yields uint8 RGB frames."""
+    for k in range(len(poses)):
+        outputs = model.get_outputs_for_camera(poses.camera(k, int(rows[k]), scale))
+        yield rgb_uint8(outputs["rgb"])
+
+
+def in_background(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
+    """Run a frame generator in a thread, `depth` frames ahead of the consumer (errors re-raised here)."""
+    buffer: "queue.Queue" = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for frame in frames:
+                while not stop.is_set():
+                    try:
+                        buffer.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(done)
+        except BaseException as exc:  # handed to the consumer
+            buffer.put(exc)
+
+    thread = threading.Thread(target=produce, name="gstalker-render", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _counted(frames: Iterable[np.ndarray], total: int, desc: str, show: bool) -> Iterator[np.ndarray]:
+    with progress_bar(total, desc, enabled=show) as bar:
+        for frame in frames:
+            bar.update(1)
+            yield frame
+
+
+def write_video(
+    output: Path,
+    frames: Iterable[np.ndarray],
+    num_frames: int,
+    fps: float,
+    audio: np.ndarray,
+    sample_rate: int,
+    crf: int = 18,
+    show_progress: bool = True,
+    desc: str = "render",
+) -> RenderReport:
+    """Encode frames (rendered in a background thread) with the audio muxed in; time the whole run."""
+    start = time.perf_counter()
+    stream = _counted(in_background(frames), num_frames, desc, show_progress)
+    write_mp4(output, stream, fps=fps, audio=audio, sample_rate=sample_rate, crf=crf)
+    wall = time.perf_counter() - start
+    return RenderReport(
+        output=Path(output),
+        num_frames=num_frames,
+        fps=fps,
+        audio_seconds=float(np.asarray(audio).size) / sample_rate,
+        wall_seconds=wall,
+    )
+
+
+def with_ground_truth(frames: Iterable[np.ndarray], ground_truth: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """ground truth | render, frame by frame."""
+    for render, truth in zip(frames, ground_truth):
+        yield side_by_side([truth, render])
