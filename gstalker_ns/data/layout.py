@@ -28,7 +28,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -119,6 +119,13 @@ class TalkingPortraitLayout:
         return self.root / relative
 
 
+def make_ordinary(path: Union[str, Path]) -> None:
+    """Give a temp file (mkstemp makes them 0600) the mode of a normally created file (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers never see a partial one (temp file + rename)."""
     path = Path(path)
@@ -127,6 +134,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        make_ordinary(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

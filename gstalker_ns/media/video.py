@@ -17,6 +17,7 @@ from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
+from gstalker_ns.data.layout import make_ordinary
 from gstalker_ns.errors import GstalkerUserError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -120,9 +121,7 @@ def write_mp4(
             _write_pyav(tmp, frames, rate, audio_arr, int(sample_rate), int(crf))
         else:
             _write_ffmpeg(tmp, frames, rate, audio_arr, int(sample_rate), int(crf))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the video is an ordinary output file
+        make_ordinary(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
