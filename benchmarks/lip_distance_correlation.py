@@ -1,11 +1,12 @@
-"""Correlation of face-mesh inner-lip distance between rendered and real held-out frames.
+"""Lip-sync numbers of a "ground truth | render" video (e.g. `gpu_train_eval.py --save-renders`).
 
-    python benchmarks/lip_distance_correlation.py gstalker_heldout.mp4   # a ground truth | render video
+    python benchmarks/lip_distance_correlation.py gstalker_heldout.mp4
 
-The video is what `benchmarks/gpu_train_eval.py --save-renders` writes (each frame: ground truth
-on the left half, render on the right). Face mesh runs here (the GPU machine has no mediapipe),
-in tracking mode over each half's sequence; the measure is
-`gstalker_ns.preprocess.landmarks.inner_lip_distance` (inner-lip gap / inter-ocular distance).
+A thin wrapper over gstalker_ns.evaluation.lipsync (what `gstalker-eval` uses): face mesh runs
+here (the GPU machine has no mediapipe) over each half's sequence in tracking mode, then the
+mouth-opening correlation (inner-lip gap / eye-corner distance) and the LMD (mean-centred lip
+landmarks, pixels at 512) of the render against the ground truth. `gstalker-eval` itself reports
+these, with the audio-visual offset, from its saved frames (`gstalker-eval --lipsync-from OUT`).
 """
 
 from __future__ import annotations
@@ -20,23 +21,25 @@ import numpy as np
 def main() -> None:
     import av
 
-    from gstalker_ns.evaluation import pearson
-    from gstalker_ns.preprocess.landmarks import inner_lip_distance, track_landmarks
+    from gstalker_ns.evaluation.lipsync import compare_mouths, track_mouth
 
     path = Path(sys.argv[1])
     with av.open(str(path)) as container:
         pairs = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     half = pairs[0].shape[1] // 2
-    gt = track_landmarks([p[:, :half] for p in pairs])
-    render = track_landmarks([p[:, half:] for p in pairs])
-    d_gt, d_render = inner_lip_distance(gt.points), inner_lip_distance(render.points)
-    ok = np.isfinite(d_gt) & np.isfinite(d_render)
+    gt = track_mouth([p[:, :half] for p in pairs])
+    render = track_mouth([p[:, half:] for p in pairs])
+    result = compare_mouths(gt, render)
     report = {
         "frames": len(pairs),
         "faces_found": {"ground_truth": int(gt.detected.sum()), "render": int(render.detected.sum())},
-        "inner_lip_distance_correlation": round(pearson(list(d_render[ok]), list(d_gt[ok])), 3),
-        "mean_inner_lip_distance": {"ground_truth": round(float(np.nanmean(d_gt)), 4), "render": round(float(np.nanmean(d_render)), 4)},
-        "mean_abs_difference": round(float(np.nanmean(np.abs(d_gt - d_render))), 4),
+        "inner_lip_distance_correlation": result["mouth_opening_correlation"],
+        "lmd_px_at_512": result["lmd"],
+        "mean_inner_lip_distance": {
+            "ground_truth": round(float(np.nanmean(gt.opening)), 4),
+            "render": round(float(np.nanmean(render.opening)), 4),
+        },
+        "mean_abs_difference": round(float(np.nanmean(np.abs(gt.opening - render.opening))), 4),
     }
     print(json.dumps(report, indent=1))
 

@@ -257,6 +257,10 @@ def test_write_mp4_fallback_to_imageio_ffmpeg(tmp_path, monkeypatch):
     with av.open(str(path)) as container:
         assert len(container.streams.video) == 1 and len(container.streams.audio) == 1
         assert sum(1 for _ in container.decode(video=0)) == 10
+    info = video.probe_mp4(path)  # the GPU machine's writer: streams end together as with PyAV
+    assert info["video"]["packets"] == 10 and info["audio"]["codec"] == "aac"
+    assert abs(info["audio"]["end"] - info["video"]["end"]) <= 1 / 25.0 and abs(info["video"]["end"] - 0.4) < 1e-6
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # an ordinary file, not mkstemp's private mode
 
 
 # ---- speech ---------------------------------------------------------------------------------------------
