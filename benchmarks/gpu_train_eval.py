@@ -79,14 +79,15 @@ def render_latency(pipeline, frames: int) -> dict:
     cameras = pipeline.datamanager.eval_dataset.cameras.to(model.device)
     num_audio = len(getattr(model, "audio_table", [0]))
     times = []
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     with torch.no_grad():
         for i in range(frames + 20):
             camera = cameras[i % len(cameras) : i % len(cameras) + 1]
             camera.metadata = {"frame_idx": torch.tensor([[i % max(1, num_audio)]], device=model.device)}
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
             model.get_outputs(camera)
-            torch.cuda.synchronize()
+            sync()
             if i >= 20:  # warm-up excluded
                 times.append(time.perf_counter() - start)
     t = np.asarray(times) * 1000

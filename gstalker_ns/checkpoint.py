@@ -45,8 +45,8 @@ def _read_config(config_path: Path) -> Any:
     return config, config_path
 
 
-def latest_checkpoint(model_dir: Path) -> Tuple[Path, int]:
-    """The highest-step `step-*.ckpt` in a run's nerfstudio_models folder."""
+def latest_checkpoint(model_dir: Path, step: Optional[int] = None) -> Tuple[Path, int]:
+    """The highest-step `step-*.ckpt` in a run's nerfstudio_models folder (or the one at `step`)."""
     steps = []
     if model_dir.is_dir():
         for p in model_dir.iterdir():
@@ -58,8 +58,15 @@ def latest_checkpoint(model_dir: Path) -> Tuple[Path, int]:
             f"{model_dir}: holds no step-*.ckpt checkpoint; train longer (checkpoints are saved every "
             "steps_per_save steps and at the end) or pass another run's config.yml"
         )
-    step, path = max(steps)
-    return path, step
+    if step is not None:
+        chosen = [(s, p) for s, p in steps if s == step]
+        if not chosen:
+            raise CheckpointError(
+                f"{model_dir}: has no checkpoint at step {step}; steps saved: {', '.join(str(s) for s, _ in sorted(steps))}"
+            )
+        return chosen[0][1], step
+    found, path = max(steps)
+    return path, found
 
 
 def load_trained_pipeline(
@@ -68,11 +75,13 @@ def load_trained_pipeline(
     data: Optional[Path] = None,
     test_mode: str = "test",
     device: Optional[str] = None,
+    step: Optional[int] = None,
 ):
     """Build the pipeline of a run and load its latest checkpoint. Returns (pipeline, config, ckpt_path, step).
 
     `require_method` refuses runs of other methods (None accepts any); `data` replaces the dataset
-    folder recorded in the config (for runs whose data moved).
+    folder recorded in the config (for runs whose data moved); `step` picks a checkpoint other
+    than the latest.
     """
     from gstalker_ns import _compat
 
@@ -99,7 +108,7 @@ def load_trained_pipeline(
             "run from that folder or pass --data PATH_TO_DATASET"
         )
     model_dir = config_path.parent / config.relative_model_dir
-    checkpoint, step = latest_checkpoint(model_dir)
+    checkpoint, step = latest_checkpoint(model_dir, step)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = config.pipeline.setup(device=device, test_mode=test_mode)
     pipeline.eval()

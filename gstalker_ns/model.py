@@ -161,9 +161,6 @@ class GSTalkerModel(SplatfactoModel):
         self.background_color = torch.tensor([0.1490, 0.1647, 0.2157])
         self.viewer_frame_idx = 0
         self._last_deformation: Optional[DeformationOutput] = None
-        from gstalker_ns.viewer import AudioPanel  # nerfstudio's viewer finds it (a ViewerControl) and sets it up
-
-        self.audio_panel = AudioPanel(self)
 
     def _initial_points(self, metadata: Dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample the initial Gaussians from the seed points (or a random head-sized ball)."""
@@ -282,8 +279,11 @@ class GSTalkerModel(SplatfactoModel):
     def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
         """Resize the Gaussian-count- and size-dependent tensors to the checkpoint's, then load."""
         count = dict["gauss_params.means"].shape[0]
-        for name, param in self.gauss_params.items():
-            self.gauss_params[name] = Parameter(torch.zeros((count,) + param.shape[1:], device=self.device))
+        for param in self.gauss_params.values():
+            # Resize in place: the optimizers (built before a resumed run loads its checkpoint)
+            # keep pointing at these same Parameter objects, so Adam's loaded state and the
+            # densification ops stay attached to the live Gaussians.
+            param.data = torch.zeros((count,) + param.shape[1:], device=param.device, dtype=param.dtype)
         for name in ("gaussian_part", "background_image", "audio_extractor_json"):
             if name in dict:
                 setattr(self, name, torch.zeros_like(dict[name], device=self.device))
