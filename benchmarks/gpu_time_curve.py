@@ -90,7 +90,8 @@ def train_segment(args: argparse.Namespace, extra: List[str]) -> dict:
         "--timestamp=run",
         "--vis=tensorboard",
         "--viewer.quit-on-train-completion=True",
-        f"--max-num-iterations={args.iterations}",
+        # nerfstudio counts --max-num-iterations from the resumed step: ask only for what is left
+        f"--max-num-iterations={args.iterations - (max(before) + 1 if before else 0)}",
         f"--steps-per-save={args.save_every}",
         "--save-only-latest-checkpoint=False",
         "--steps-per-eval-image=1000000",
@@ -183,7 +184,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         torch.cuda.empty_cache()
     for m in marks:
         step = checkpoint_at(timeline, m)
-        report["marks"][f"{m:g}min"] = None if step is None else {**scored[step], "training_over": step == final_step}
+        report["marks"][f"{m:g}min"] = None if step is None else {**scored[step], "final_checkpoint": step == final_step}
     report["final"] = scored[final_step]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.method}_time_curve.json").write_text(json.dumps(report, indent=1) + "\n")

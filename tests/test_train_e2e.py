@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
+
+from gstalker_ns.demo import find_config, ns_train_command
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -100,3 +103,22 @@ def test_ns_train_on_a_broken_folder_prints_one_line(tmp_path):
     assert "Traceback" not in completed.stderr
     last = completed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "transforms.json: missing" in last
+
+
+def test_training_resumes_from_a_checkpoint(trained_run, tmp_path):
+    """`ns-train --load-dir` continues a run: densification and optimizer steps act on the loaded
+    Gaussians (the optimizers were built before the checkpoint resized them)."""
+    root, config_path = trained_run
+    preset = yaml.safe_load((REPO / "configs" / "ci-tiny.yaml").read_text())
+    args = [a for a in preset["train_args"] if not a.startswith(("--max-num-iterations", "--steps-per-save"))]
+    subject = root / "subject"
+    model_dir = config_path.parent / "nerfstudio_models"
+    before = torch.load(sorted(model_dir.glob("*.ckpt"))[-1], map_location="cpu", weights_only=False)
+    command = ns_train_command(subject, tmp_path / "outputs", args + ["--max-num-iterations=25", "--steps-per-save=25",
+                                                                      f"--load-dir={model_dir}"], "resume")
+    _run(command, cwd=tmp_path)
+    resumed = sorted((find_config(tmp_path / "outputs", "resume").parent / "nerfstudio_models").glob("*.ckpt"))
+    assert resumed and int(resumed[-1].stem.split("-")[1]) == before["step"] + 25
+    after = torch.load(resumed[-1], map_location="cpu", weights_only=False)
+    old, new = before["pipeline"]["_model.gauss_params.means"], after["pipeline"]["_model.gauss_params.means"]
+    assert new.shape != old.shape or (new - old).abs().max() > 1e-4  # trained on, not a copy
