@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_train_eval import render_latency  # noqa: E402
+from gpu_train_eval import render_latency, run_with_budget  # noqa: E402
 
 # Run inside ns-train's process: record its peak CUDA memory when it exits (normally or on SIGINT).
 LAUNCHER = """
@@ -110,18 +108,8 @@ def train_segment(args: argparse.Namespace, extra: List[str]) -> dict:
     env = {**os.environ, "GSTALKER_PEAK_FILE": str(peak_file)}
     log_path = workdir / f"{args.method}_train_{len(timeline['segments'])}.log"
     start_wall = time.time()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-c", LAUNCHER, *command], stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            process.wait(timeout=args.segment_seconds)
-            finished = process.returncode == 0
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            finished = False
+    returncode, timed_out = run_with_budget([sys.executable, "-c", LAUNCHER, *command], log_path, args.segment_seconds, env)
+    finished = returncode == 0 and not timed_out
     seconds = time.time() - start_wall
     after = checkpoints(model_dir)
     if not after:
@@ -135,7 +123,7 @@ def train_segment(args: argparse.Namespace, extra: List[str]) -> dict:
     last_stamp = max(float(v) for v in timeline["checkpoint_seconds"].values())
     timeline["segments"].append(
         {"seconds": round(min(seconds, last_stamp - elapsed_before) if not finished else seconds, 2),
-         "steps": [min(after), max(after)], "exit": process.returncode, "log": str(log_path)}
+         "steps": [min(after), max(after)], "exit": returncode, "log": str(log_path)}
     )
     timeline["finished"] = bool(finished) or max(after) >= args.iterations - 1
     timeline["config"] = str(rd / "config.yml")

@@ -27,6 +27,25 @@ from pathlib import Path
 import numpy as np
 
 
+def run_with_budget(command: list, log_path: Path, timeout: float, env: dict = None, grace: float = 90.0):
+    """Run a training command with its output in log_path; after `timeout` seconds interrupt it
+    (SIGINT, as Ctrl-C: nerfstudio stops cleanly) and kill it if it has not ended `grace` s later.
+    Returns (exit code, whether the budget stopped it)."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            process.wait(timeout=timeout)
+            return process.returncode, False
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            return process.returncode, True
+
+
 def train(method: str, subject: Path, outputs: Path, iterations: int, timeout: float, save_every: int, extra: list) -> dict:
     """Run ns-train; return wall time, the steps reached and how it ended."""
     common = [
@@ -49,18 +68,8 @@ def train(method: str, subject: Path, outputs: Path, iterations: int, timeout: f
     log_path = outputs / f"{method}_train.log"
     outputs.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-c", launcher, *command], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            process.wait(timeout=timeout)
-            ended = "finished" if process.returncode == 0 else f"exit code {process.returncode}"
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            ended = "stopped at the time budget"
+    returncode, timed_out = run_with_budget([sys.executable, "-c", launcher, *command], log_path, timeout)
+    ended = "stopped at the time budget" if timed_out else ("finished" if returncode == 0 else f"exit code {returncode}")
     wall = time.perf_counter() - start
     run_dir = outputs / "bench" / method / "run"
     checkpoints = sorted((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
