@@ -161,6 +161,9 @@ class GSTalkerModel(SplatfactoModel):
         self.background_color = torch.tensor([0.1490, 0.1647, 0.2157])
         self.viewer_frame_idx = 0
         self._last_deformation: Optional[DeformationOutput] = None
+        from gstalker_ns.viewer import AudioPanel  # nerfstudio's viewer finds it (a ViewerControl) and sets it up
+
+        self.audio_panel = AudioPanel(self)
 
     def _initial_points(self, metadata: Dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample the initial Gaussians from the seed points (or a random head-sized ball)."""

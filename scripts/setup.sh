@@ -5,6 +5,8 @@
 #   so pip never pulls several GB of CUDA packages on a CPU machine.
 # - installs gstalker-ns in editable mode (its ns-train / gstalker-* entry points) and a .pth
 #   start-up hook that makes torchvision importable next to a CPU-only torch.
+# - playwright (Python package only) is for the viewer's browser test, which drives Debian's
+#   chromium; that test installs chromium with apt-get itself (or says why it skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -22,7 +24,7 @@ echo "[setup] creating/updating $VENV (first run takes about 2-3 minutes) ..."
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -c scripts/constraints.txt \
   torch==2.13.0 torchvision==0.28.0 nerfstudio==1.1.5 gsplat==1.4.0 viser==0.2.7 \
-  librosa av imageio-ffmpeg transformers pyyaml pytest
+  librosa av imageio-ffmpeg transformers pyyaml pytest playwright
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
 # mediapipe 0.10.21 is the last release that ships face mesh / segmentation models in its wheel.
 # It needs protobuf 4.25 (3.20 misparses its graphs) while nerfstudio declares protobuf<=3.20.3,
