@@ -203,6 +203,7 @@ def test_user_errors_are_one_line(run, tmp_path, capsys):
         (["--audio", str(good), "--pose", "fixed", "--frame", "999"], "frame 999 is not a frame"),
         (["--audio", str(good), "-o", str(tmp_path / "x.avi")], "must end in .mp4"),
         (["--side-by-side", "--audio", str(good)], "drop --audio"),
+        (["--audio", str(good), "-o", str(good / "x.mp4")], "cannot write into"),
     ]
     for extra, message in cases:
         args = ["--load-config", str(config), "--quiet", "-o", str(tmp_path / "o.mp4"), *extra]

@@ -10,6 +10,7 @@ round(duration * fps) frames and the sound is the input audio itself, so both en
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -106,6 +107,9 @@ def _check_arguments(args: argparse.Namespace) -> Path:
         raise GstalkerUserError(f"--output {output}: must end in .mp4")
     if output.is_dir():
         raise GstalkerUserError(f"--output {output}: is a folder; name the mp4 file to write")
+    folder = next((p for p in [output.absolute().parent, *output.absolute().parents] if p.exists()), Path("/"))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise GstalkerUserError(f"--output {output}: cannot write into {folder}; choose a folder you can write to")
     protected = [args.audio, args.load_config, args.camera_path]
     if any(p is not None and p.exists() and output.exists() and output.resolve() == p.resolve() for p in protected):
         raise GstalkerUserError(f"--output {output}: is one of the inputs; choose another file name")
