@@ -172,7 +172,9 @@ def _face_mesh():
         face_mesh = mp.solutions.face_mesh
     except (ImportError, AttributeError):  # pragma: no cover - the dependency is declared
         raise ImportError("face landmarks need mediapipe: `pip install mediapipe`") from None
-    return face_mesh.FaceMesh(**FACE_MESH_OPTIONS)
+    from gstalker_ns.native_logs import quiet_start
+
+    return quiet_start(lambda: face_mesh.FaceMesh(**FACE_MESH_OPTIONS))
 
 
 def track_landmarks(
@@ -190,6 +192,8 @@ def track_landmarks(
     size: Optional[Tuple[int, int]] = None
     nan_points = np.full((NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
     nan_z = np.full((NUM_LANDMARKS,), np.nan, dtype=np.float32)
+    from gstalker_ns.native_logs import quiet_start
+
     bar = progress_bar(num_frames, "landmarks", progress)
     mesh = _face_mesh()
     try:
@@ -202,7 +206,9 @@ def track_landmarks(
                 size = (w, h)
             elif size != (w, h):
                 raise ValueError(f"frame {k} is {w}x{h} but the first frame is {size[0]}x{size[1]}; frames must share one size")
-            result = mesh.process(np.ascontiguousarray(frame))
+            image = np.ascontiguousarray(frame)
+            # mediapipe starts its graph (and logs about it) on the first frame
+            result = quiet_start(lambda: mesh.process(image)) if k == 0 else mesh.process(image)
             faces = result.multi_face_landmarks or []
             faces_seen.append(len(faces))
             best: Optional[np.ndarray] = None

@@ -149,13 +149,15 @@ def person_masks(frames: Iterable[np.ndarray], progress: bool = False, model_sel
     import mediapipe as mp
 
     bar = progress_bar(None, "segment", progress)
-    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection) as seg:
+    from gstalker_ns.native_logs import quiet_start
+
+    with quiet_start(lambda: mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)) as seg:
         try:
-            for frame in frames:
+            for k, frame in enumerate(frames):
                 image = np.ascontiguousarray(frame)
                 if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                     raise ValueError(f"frames must be RGB uint8 HxWx3, got {image.dtype} {image.shape}")
-                result = seg.process(image)
+                result = seg.process(image) if k else quiet_start(lambda: seg.process(image))  # first frame: graph start
                 conf = result.segmentation_mask
                 if conf is None:
                     person = np.zeros(image.shape[:2], bool)
