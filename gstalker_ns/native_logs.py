@@ -19,7 +19,7 @@ from typing import Callable, Iterator, TypeVar
 T = TypeVar("T")
 
 KNOWN_NOTES = re.compile(
-    r"^(INFO: Created TensorFlow Lite .*delegate"
+    r"^(INFO: Created TensorFlow Lite .*delegate.*"
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IW]\d{4} [\d:.]+\s+\d+ \S+\.cc:\d+\] .*)$"
 )
