@@ -12,13 +12,13 @@ the file, says what is wrong and what to do; library tracebacks never escape for
 from __future__ import annotations
 
 import os
-import tempfile
 import wave as _wave
 from pathlib import Path
 from typing import Tuple, Union
 
 import numpy as np
 
+from gstalker_ns.atomic import atomic_output
 from gstalker_ns.errors import GstalkerUserError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -186,22 +186,12 @@ def write_wav(path: PathLike, wave: np.ndarray, sample_rate: int) -> None:
     data = _to_mono_float(np.asarray(wave))
     # Same convention as soundfile/libsndfile: full scale is 32768, +1.0 saturates at 32767.
     pcm = np.clip(np.round(data.astype(np.float64) * 32768.0), -32768, 32767).astype("<i2")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with _wave.open(fh, "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(int(sample_rate))
-                w.writeframes(pcm.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path) as tmp:
+        with _wave.open(tmp, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(int(sample_rate))
+            w.writeframes(pcm.tobytes())
 
 
 def read_wav(path: PathLike) -> Tuple[np.ndarray, int]:

@@ -24,14 +24,13 @@ Everything here is plain numpy/json so preprocessing and tests can use it withou
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from gstalker_ns.atomic import atomic_output
 from gstalker_ns.errors import GstalkerUserError
 
 FORMAT_NAME = "gstalker-talking-portrait"
@@ -119,27 +118,10 @@ class TalkingPortraitLayout:
         return self.root / relative
 
 
-def make_ordinary(path: Union[str, Path]) -> None:
-    """Give a temp file (mkstemp makes them 0600) the mode of a normally created file (0666 & ~umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers never see a partial one (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        make_ordinary(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from gstalker_ns.data.layout import make_ordinary
+from gstalker_ns.atomic import atomic_output
 from gstalker_ns.errors import GstalkerUserError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -113,20 +113,11 @@ def write_mp4(
     backend = video_backend()
     if backend is None:
         raise VideoWriterError(_NO_BACKEND)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.mp4", dir=str(path.parent))
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".tmp.mp4") as tmp:
         if backend == "pyav":
             _write_pyav(tmp, frames, rate, audio_arr, int(sample_rate), int(crf))
         else:
             _write_ffmpeg(tmp, frames, rate, audio_arr, int(sample_rate), int(crf))
-        make_ordinary(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
