@@ -45,10 +45,6 @@ class AudioDrive:
     def duration_s(self) -> float:
         return self.wave.size / float(self.sample_rate)
 
-    def frame_time(self, k: int) -> float:
-        """Seconds at which output frame k is shown (and the centre of its audio window)."""
-        return k / self.fps
-
 
 def spec_from_extractor(extractor: Dict, origin: str = "the checkpoint") -> AudioFeatureSpec:
     """The feature spec a model was trained with, or a one-line error when it has none."""

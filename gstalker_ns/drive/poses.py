@@ -46,6 +46,19 @@ class PoseTrack:
     width: int
     height: int
 
+    @classmethod
+    def from_cameras(cls, cameras: Cameras) -> "PoseTrack":
+        """One output frame per camera, exactly as given (same size for all)."""
+        return cls(
+            camera_to_worlds=cameras.camera_to_worlds,
+            fx=cameras.fx,
+            fy=cameras.fy,
+            cx=cameras.cx,
+            cy=cameras.cy,
+            width=int(cameras.width.reshape(-1)[0]),
+            height=int(cameras.height.reshape(-1)[0]),
+        )
+
     def __len__(self) -> int:
         return int(self.camera_to_worlds.shape[0])
 

@@ -44,14 +44,11 @@ class HeldOutResult:
 
 
 def load_pipeline(config_path: Path, test_mode: str = "test"):
-    """Load a trained pipeline from its config.yml (nerfstudio's own loader) in eval mode."""
-    from gstalker_ns import _compat
+    """Load a trained pipeline of any method from its config.yml in eval mode: (pipeline,
+    checkpoint path, step). See gstalker_ns.checkpoint.load_trained_pipeline."""
+    from gstalker_ns.checkpoint import load_trained_pipeline
 
-    _compat.apply_all()
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    _, pipeline, checkpoint_path, step = eval_setup(Path(config_path), test_mode=test_mode)  # type: ignore[arg-type]
-    pipeline.eval()
+    pipeline, _, checkpoint_path, step = load_trained_pipeline(Path(config_path), require_method=None, test_mode=test_mode)
     return pipeline, checkpoint_path, step
 
 

@@ -158,7 +158,7 @@ def render_held_out_side_by_side(pipeline, args: argparse.Namespace, output: Pat
 
     from gstalker_ns.audio.io import load_audio
     from gstalker_ns.drive.audio import spec_from_extractor
-    from gstalker_ns.drive.poses import frame_indices
+    from gstalker_ns.drive.poses import PoseTrack, frame_indices
     from gstalker_ns.render.frames import audio_for_frames, read_rgb
     from gstalker_ns.render.video import render_frames, with_ground_truth, write_video
 
@@ -180,11 +180,7 @@ def render_held_out_side_by_side(pipeline, args: argparse.Namespace, output: Pat
     wave = load_audio(audio_path, sample_rate=spec.sample_rate)
     audio = np.concatenate([audio_for_frames(wave, spec.sample_rate, r, 1, clip_fps) for r in rows])
 
-    from gstalker_ns.drive.poses import PoseTrack
-
-    cameras = dataset.cameras[torch.tensor(order)]
-    poses = PoseTrack(cameras.camera_to_worlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy,
-                      int(cameras.width[0]), int(cameras.height[0]))
+    poses = PoseTrack.from_cameras(dataset.cameras[torch.tensor(order)])
     height = int(round(poses.height * args.resolution_scale))
     width = int(round(poses.width * args.resolution_scale))
     truth = (read_rgb(dataset.image_filenames[i], size=(height, width)) for i in order)

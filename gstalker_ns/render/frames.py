@@ -11,9 +11,10 @@ import torch
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[H, W, 3] float in [0, 1] (tensor or array) -> contiguous uint8 RGB."""
+    """[H, W, 3] float in [0, 1] (tensor or array) -> contiguous uint8 RGB. A tensor is converted
+    on its own device, so only the small uint8 image crosses to the host."""
     if isinstance(image, torch.Tensor):
-        image = image.detach().float().clamp(0, 1).cpu().numpy()
+        return (image[..., :3].detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
     image = np.asarray(image)
     if image.dtype == np.uint8:
         return np.ascontiguousarray(image[..., :3])

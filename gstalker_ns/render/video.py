@@ -21,7 +21,7 @@ import torch
 from gstalker_ns.drive.poses import PoseTrack
 from gstalker_ns.media.video import write_mp4
 from gstalker_ns.progress import progress_bar
-from gstalker_ns.render.frames import side_by_side
+from gstalker_ns.render.frames import side_by_side, to_uint8
 
 
 @dataclass
@@ -62,17 +62,12 @@ def driven(model, features: Optional[np.ndarray], blink: Optional[np.ndarray]):
         model.audio_table, model.blink_table = saved
 
 
-def rgb_uint8(rgb: torch.Tensor) -> np.ndarray:
-    """[H, W, 3] float render -> uint8 on the render device, then one small copy to the host."""
-    return (rgb[..., :3].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-
-
 @torch.no_grad()
 def render_frames(model, poses: PoseTrack, rows: Sequence[int], scale: float = 1.0) -> Iterator[np.ndarray]:
     """Render output frame k at pose k driven by feature row rows[k]; yields uint8 RGB frames."""
     for k in range(len(poses)):
         outputs = model.get_outputs_for_camera(poses.camera(k, int(rows[k]), scale))
-        yield rgb_uint8(outputs["rgb"])
+        yield to_uint8(outputs["rgb"])
 
 
 def in_background(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
