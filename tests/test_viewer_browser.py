@@ -330,10 +330,12 @@ def test_upload_and_playback_while_training_in_two_tabs(browser, training, tmp_p
     second = _open_panel(browser, training["port"])
     speech = load_audio(training["subject"] / "audio.wav", 16000)
     clip = tmp_path / "longer.wav"
-    write_wav(clip, np.concatenate([speech] * 4), 16000)  # 8 s: long enough to watch it play
+    # 24 s: still playing after both tabs' waits below on a loaded CI machine (an 8 s clip had
+    # ended, and its Pause button turned back into Play, before the test could press it)
+    write_wav(clip, np.concatenate([speech] * 12), 16000)
     _upload(first, clip)
     first.wait_for_function(
-        "() => document.getElementById('gstalker-status')?.textContent.startsWith('longer.wav: 8.0 s')", timeout=120_000
+        "() => document.getElementById('gstalker-status')?.textContent.startsWith('longer.wav: 24.0 s')", timeout=120_000
     )
     second.mouse.click(300, 300)  # a click in the scene: this tab may now play sound too
     step_before = _step(first)
