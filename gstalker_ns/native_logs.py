@@ -14,7 +14,7 @@ import re
 import sys
 import tempfile
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -57,3 +57,16 @@ def quiet_start(start: Callable[[], T]) -> T:
     """Run a mediapipe graph's start (`start()` builds it and makes its first call) quietly."""
     with captured_fd2():
         return start()
+
+
+def start_graph_quietly(build: Callable[[], T], first_image: Any) -> Tuple[T, Any]:
+    """Build a mediapipe solution and process its first image with fd 2 captured throughout.
+
+    Its graph threads write their start-up notes asynchronously, after the constructor has
+    returned; capturing the construction and the first call separately lets them slip through."""
+
+    def start() -> Tuple[T, Any]:
+        graph = build()
+        return graph, graph.process(first_image)  # type: ignore[attr-defined]
+
+    return quiet_start(start)

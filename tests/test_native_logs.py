@@ -1,6 +1,7 @@
 """mediapipe's native start-up notes are kept off the terminal; anything else written to fd 2 is not."""
 
 import os
+import time
 
 from gstalker_ns.native_logs import captured_fd2, quiet_start
 
@@ -33,3 +34,29 @@ def test_quiet_start_returns_the_value_and_restores_on_errors(capfd):
         pass
     os.write(2, b"still here\n")
     assert "still here" in capfd.readouterr().err
+
+
+def test_face_mesh_and_segmentation_runs_leave_no_notes_on_the_terminal(capfd):
+    """mediapipe's graph threads log after the constructor returns; a real run over a few frames
+    (the notes come with every graph start, not only the first of the process) stays quiet."""
+    import numpy as np
+    import pytest
+
+    pytest.importorskip("mediapipe")
+    from gstalker_ns.preprocess.landmarks import track_landmarks
+    from gstalker_ns.preprocess.masks import person_masks
+
+    frames = [np.random.default_rng(k).integers(0, 255, (96, 96, 3), dtype=np.uint8) for k in range(4)]
+
+    def slow_reader():  # like frames decoded from disk: time passes between graph start and frame 0
+        for frame in frames:
+            time.sleep(0.3)
+            yield frame
+
+    capfd.readouterr()
+    for _ in range(2):
+        track = track_landmarks(slow_reader())
+        masks = list(person_masks(slow_reader()))
+    assert track.points.shape[0] == 4 and len(masks) == 4
+    err = capfd.readouterr().err
+    assert "Feedback manager" not in err and "XNNPACK" not in err and "W0000" not in err, err

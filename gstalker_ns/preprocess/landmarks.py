@@ -172,9 +172,7 @@ def _face_mesh():
         face_mesh = mp.solutions.face_mesh
     except (ImportError, AttributeError):  # pragma: no cover - the dependency is declared
         raise ImportError("face landmarks need mediapipe: `pip install mediapipe`") from None
-    from gstalker_ns.native_logs import quiet_start
-
-    return quiet_start(lambda: face_mesh.FaceMesh(**FACE_MESH_OPTIONS))
+    return face_mesh.FaceMesh(**FACE_MESH_OPTIONS)
 
 
 def track_landmarks(
@@ -192,10 +190,10 @@ def track_landmarks(
     size: Optional[Tuple[int, int]] = None
     nan_points = np.full((NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
     nan_z = np.full((NUM_LANDMARKS,), np.nan, dtype=np.float32)
-    from gstalker_ns.native_logs import quiet_start
+    from gstalker_ns.native_logs import start_graph_quietly
 
     bar = progress_bar(num_frames, "landmarks", progress)
-    mesh = _face_mesh()
+    mesh = None
     try:
         for k, frame in enumerate(frames):
             frame = np.asarray(frame)
@@ -207,8 +205,10 @@ def track_landmarks(
             elif size != (w, h):
                 raise ValueError(f"frame {k} is {w}x{h} but the first frame is {size[0]}x{size[1]}; frames must share one size")
             image = np.ascontiguousarray(frame)
-            # mediapipe starts its graph (and logs about it) on the first frame
-            result = quiet_start(lambda: mesh.process(image)) if k == 0 else mesh.process(image)
+            if mesh is None:
+                mesh, result = start_graph_quietly(_face_mesh, image)
+            else:
+                result = mesh.process(image)
             faces = result.multi_face_landmarks or []
             faces_seen.append(len(faces))
             best: Optional[np.ndarray] = None
@@ -233,7 +233,8 @@ def track_landmarks(
             bar.update(1)
     finally:
         bar.close()
-        mesh.close()
+        if mesh is not None:
+            mesh.close()
     if size is None:
         raise ValueError("track_landmarks got no frames")
     return LandmarkTrack(

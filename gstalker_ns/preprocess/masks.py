@@ -148,25 +148,31 @@ def person_masks(frames: Iterable[np.ndarray], progress: bool = False, model_sel
     video (the model is created once)."""
     import mediapipe as mp
 
-    bar = progress_bar(None, "segment", progress)
-    from gstalker_ns.native_logs import quiet_start
+    from gstalker_ns.native_logs import start_graph_quietly
 
-    with quiet_start(lambda: mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)) as seg:
-        try:
-            for k, frame in enumerate(frames):
-                image = np.ascontiguousarray(frame)
-                if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                    raise ValueError(f"frames must be RGB uint8 HxWx3, got {image.dtype} {image.shape}")
-                result = seg.process(image) if k else quiet_start(lambda: seg.process(image))  # first frame: graph start
-                conf = result.segmentation_mask
-                if conf is None:
-                    person = np.zeros(image.shape[:2], bool)
-                else:
-                    person = _clean(np.asarray(conf) > PERSON_THRESHOLD)
-                bar.update(1)
-                yield person
-        finally:
-            bar.close()
+    bar = progress_bar(None, "segment", progress)
+    seg = None
+    try:
+        for frame in frames:
+            image = np.ascontiguousarray(frame)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"frames must be RGB uint8 HxWx3, got {image.dtype} {image.shape}")
+            if seg is None:
+                build = lambda: mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)  # noqa: E731
+                seg, result = start_graph_quietly(build, image)
+            else:
+                result = seg.process(image)
+            conf = result.segmentation_mask
+            if conf is None:
+                person = np.zeros(image.shape[:2], bool)
+            else:
+                person = _clean(np.asarray(conf) > PERSON_THRESHOLD)
+            bar.update(1)
+            yield person
+    finally:
+        bar.close()
+        if seg is not None:
+            seg.close()
 
 
 # --------------------------------------------------------------------------------------------
