@@ -150,6 +150,9 @@ def person_masks(frames: Iterable[np.ndarray], progress: bool = False, model_sel
 
     from gstalker_ns.native_logs import start_graph_quietly
 
+    def build():
+        return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
+
     bar = progress_bar(None, "segment", progress)
     seg = None
     try:
@@ -158,7 +161,6 @@ def person_masks(frames: Iterable[np.ndarray], progress: bool = False, model_sel
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"frames must be RGB uint8 HxWx3, got {image.dtype} {image.shape}")
             if seg is None:
-                build = lambda: mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)  # noqa: E731
                 seg, result = start_graph_quietly(build, image)
             else:
                 result = seg.process(image)
