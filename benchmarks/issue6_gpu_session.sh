@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 6 on the GPU machine, in one detached run (the numbers of RESULTS.md's "dfrf_french and
-# synthetic: gstalker-eval and time curve" section come from it).
+# Issue 6 on the GPU machine, in one detached run (RESULTS.md's section "the whole measurement on
+# `dfrf_french.mp4` and a 60 s synthetic subject"; its synthetic gstalker-eval table was re-run on a
+# second machine with the commands listed there, after the first went back mid-evaluation).
 #
 # A device command lasts at most 10 minutes, so this script is started with `setsid` and outlives
 # the command that starts it; later commands poll it with benchmarks/gpu_session_poll.sh, which
@@ -53,23 +54,24 @@ step p3_curve_splatfacto_fr curve evaluate --method splatfacto --subject "$W/fr"
     --marks 40 --out "$W/curves/fr"
 
 config() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['config'])" "$1"; }
+bundle_curves() {  # bundle_curves TARBALL: the logs, timelines and time-curve results so far
+    cp "$W"/*.log "$W/curves/" 2>/dev/null
+    cp "$W"/curve_*/*_timeline.json "$W/curves/" 2>/dev/null
+    tar -czf "$1" -C "$W" curves
+}
 for subject in fr syn; do
     step "p3_eval_$subject" gstalker-eval --load-config "$(config "$W/curve_$subject/gstalker_timeline.json")" \
         --baseline splatfacto --baseline-config "$(config "$W/curve_$subject/splatfacto_timeline.json")" \
         --no-video --quiet --output-dir "$W/eval_$subject"
     step "p3_pack_$subject" python3 benchmarks/pack_eval_frames.py pack "$W/eval_$subject" "$W/ret_$subject"
     if [ "$subject" = fr ]; then
-        cp "$W"/*.log "$W/curves/" 2>/dev/null
-        cp "$W"/curve_*/*_timeline.json "$W/curves/" 2>/dev/null
-        tar -czf "$W/ret_fr/curves.tar.gz" -C "$W" curves
+        bundle_curves "$W/ret_fr/curves.tar.gz"
         touch "$W/ret_fr/READY"
     fi
 done
 step p3_curve_gstalker_syn curve evaluate --method gstalker --subject "$W/syn" --workdir "$W/curve_syn" \
     --marks 40 --out "$W/curves/syn"
-cp "$W"/*.log "$W/curves/" 2>/dev/null
-cp "$W"/curve_*/*_timeline.json "$W/curves/" 2>/dev/null
-tar -czf "$W/ret_syn/curves_all.tar.gz" -C "$W" curves
+bundle_curves "$W/ret_syn/curves_all.tar.gz"
 touch "$W/ret_syn/READY"
 log "DONE"
 touch "$W/DONE"
