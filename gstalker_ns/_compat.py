@@ -159,3 +159,17 @@ def apply_all() -> None:
     from gstalker_ns.errors import install_excepthook
 
     install_excepthook()
+    install_ns_render_hook()
+
+
+def install_ns_render_hook() -> None:
+    """Give nerfstudio's `ns-render` sound on our checkpoints (gstalker_ns.render.ns_render_hook).
+
+    Patched now when its script is already loaded; otherwise the start-up guard patches it right
+    after its import (`_startup.install` registers the guard, also where no .pth hook is set up).
+    """
+    from gstalker_ns import _startup
+    from gstalker_ns.render import ns_render_hook
+
+    if not ns_render_hook.install():
+        _startup.install()

@@ -255,7 +255,8 @@ def test_ns_render_dataset_drives_each_camera_with_its_frame(run, pipeline, tmp_
 
 
 @pytest.mark.parametrize("command", ["camera-path", "interpolate"])
-def test_ns_render_trajectories_write_silent_videos(run, tmp_path, command):
+def test_ns_render_trajectories_write_videos_with_the_training_sound(run, tmp_path, command):
+    """Paths without a recorded clip talk with the training track (tests/test_ns_render_audio.py)."""
     config, _ = run
     out = tmp_path / f"{command}.mp4"
     args = [str(BIN / "ns-render"), command, f"--load-config={config}", f"--output-path={out}"]
@@ -266,4 +267,5 @@ def test_ns_render_trajectories_write_silent_videos(run, tmp_path, command):
         args += ["--interpolation-steps=2", "--frame-rate=10"]
     run_checked(args, timeout=300, cwd=tmp_path)
     info = probe_mp4(out)
-    assert info["video"]["packets"] >= 4 and info["audio"] is None
+    assert info["video"]["packets"] >= 4 and info["audio"] is not None
+    assert abs(info["audio"]["end"] - info["video"]["end"]) <= 1.0 / info["video"]["rate"]

@@ -19,6 +19,8 @@ How it works
   towards the server clock, which is republished ~10 times a second while playing.
 - Uploads: see `gstalker_ns.viewer.uploads`; decoding and featurising run in viser's callback
   thread (one upload at a time) with `gstalker_ns.drive.audio`, like `gstalker-render`.
+- Camera paths: see `gstalker_ns.viewer.path_export`; a path exported from the Render tab records
+  the selected clip, and `ns-render camera-path` renders it talking with that clip.
 """
 
 from __future__ import annotations
@@ -149,6 +151,9 @@ class AudioPanel(ViewerControl):
         self._warm_up_compiled_code()
         self._install_render_hook()
         self._install_size_guard(viewer.viser_server)
+        from gstalker_ns.viewer import path_export
+
+        path_export.install(self)  # camera paths exported from the Render tab record the selected clip
         self._ready = True
         threading.Thread(target=self._playback_loop, name="gstalker-audio-playback", daemon=True).start()
         host = viewer.config.websocket_host
@@ -649,6 +654,14 @@ class AudioPanel(ViewerControl):
                 "slider_end": self._slider_end,
                 "upload_dir": str(self._store.root),
             }
+
+    def clip_for_export(self) -> Optional[Tuple[DriveSource, float, str]]:
+        """(selected source, A/V offset in seconds, blink mode) for a camera path being exported
+        (`gstalker_ns.viewer.path_export`); None before the panel is built."""
+        if not self._ready:
+            return None
+        with self._lock:
+            return self._source, self._offset_s, self._blink_mode
 
     def labels(self) -> List[str]:
         with self._lock:
