@@ -1,13 +1,41 @@
-"""Small hand-made training folders for tests that must not depend on the synthetic generator."""
+"""Small hand-made training folders for tests that must not depend on the synthetic generator,
+and the shared "needs espeak-ng speech" marker and check."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from gstalker_ns.data import layout as L
+from gstalker_ns.synth.speech import espeak_binary
+
+ESPEAK_MISSING = (
+    "espeak-ng is not installed, so the synthetic subject speaks with the procedural voice "
+    "(scripts/setup.sh installs espeak-ng when run as root; or: apt-get install espeak-ng)"
+)
+
+
+def needs_espeak(why: str) -> pytest.MarkDecorator:
+    """Mark a test whose expectations need espeak-ng speech (`why`: what needs it); without
+    espeak-ng it skips and says so."""
+    return pytest.mark.skipif(espeak_binary() is None, reason=f"needs espeak-ng speech: {why}; {ESPEAK_MISSING}")
+
+
+def subject_voice(subject: Path) -> str:
+    """The voice a synthetic subject speaks with: "espeak", "festival" or "procedural"."""
+    return str(json.loads((Path(subject) / "ground_truth.json").read_text())["audio"]["source"])
+
+
+def require_espeak_voice(subject: Path, why: str) -> None:
+    """Skip (saying `why` needs it) unless the synthetic subject speaks with espeak-ng."""
+    voice = subject_voice(subject)
+    if voice != "espeak":
+        detail = ESPEAK_MISSING if espeak_binary() is None else f"the subject speaks with the {voice} voice"
+        pytest.skip(f"needs espeak-ng speech: {why}; {detail}")
 
 
 def look_at_camera(distance: float, yaw_deg: float) -> np.ndarray:

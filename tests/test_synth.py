@@ -20,8 +20,9 @@ from gstalker_ns.data.layout import (
 )
 from gstalker_ns.synth import head as H
 from gstalker_ns.synth.mouth_measure import mouth_opening_measure, mouth_region
-from gstalker_ns.synth.speech import espeak_binary, mouth_opening_from_audio, synthesize_speech
+from gstalker_ns.synth.speech import mouth_opening_from_audio, synthesize_speech
 from gstalker_ns.synth.subject import SynthError, generate
+from tests.fixtures import needs_espeak
 
 cv2 = pytest.importorskip("cv2")
 
@@ -277,7 +278,7 @@ def test_procedural_speech_and_mouth_track():
     assert np.all(mouth_opening_from_audio(np.zeros(16000, np.float32), 16000, 25, 25.0) == 0)
 
 
-@pytest.mark.skipif(espeak_binary() is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+@needs_espeak("it synthesises speech with espeak-ng")
 def test_espeak_speech():
     s = synthesize_speech(2.0, 1, "espeak")
     assert s.source == "espeak" and s.text and s.wave.shape == (32000,)

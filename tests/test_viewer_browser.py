@@ -2,19 +2,31 @@
 through Debian's chromium with playwright.
 
 What it shows: an upload lands in the dropdown; bad uploads show an error and change nothing;
-moving the slider between a closed-mouth and an open-mouth time changes the rendered image
-(and coming back gives the same image again); Play makes the page's <audio> element play with
-its time advancing along the server's clock; the viewer listens on 127.0.0.1 only when asked;
-the upload folder is gone after the viewer exits. Screenshots go to /tmp/viewer_shots/.
+moving the slider between a silent and a loud time changes the rendered mouth (and coming back
+gives the same image again); Play makes the page's <audio> element play with its time advancing
+along the server's clock; during `ns-train`, two tabs play while training goes on; the viewer
+listens on 127.0.0.1 only when asked; the upload folder is gone after the viewer exits.
+Screenshots go to /tmp/viewer_shots/.
 
-Set-up: playwright is pip-installed into this interpreter's environment when missing, and
-chromium with apt-get (as root); `playwright install` is never used (it downloads a browser
-build from a CDN). When either cannot be installed the test is skipped with the reason.
+Nothing here depends on what a tiny model happens to learn:
+- the checkpoint is `tests.mouth_fixture`: built deterministically, its mouth Gaussians made to
+  move with the audio by construction, and checked in Python (silent and loud frames render
+  differently, the same frame renders identically) before any browser work;
+- the viewers run under `tests/viewer_probe.py`, which logs every image the viewer sends (which
+  clip, frame and render state). nerfstudio's viewer first sends a low-res preview of a new time
+  and only later the full-res image; screenshots are taken once the full-res image of the frame
+  asked for has been sent, not when the view "looks settled" (on a busy CPU that caught previews
+  and the previous frame's image);
+- the `ns-train` test asserts only what the panel and the trainer do (frames advance, images of
+  new frames are sent, sound plays, training steps go on), not what the model has learned.
+
+Set-up: `scripts/setup.sh` installs playwright (pip) and Debian's chromium (apt-get, as root);
+`playwright install` is never used (it downloads a browser build from a CDN). Without them the
+tests skip and say why.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import shutil
@@ -29,63 +41,34 @@ import numpy as np
 import pytest
 import yaml
 
+from tests import viewer_probe
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+PROBE = REPO / "tests" / "viewer_probe.py"
 SHOTS = Path("/tmp/viewer_shots")
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 UPLOAD_LIMIT_MB = 1.0
 
-# A tiny subject trained long enough for its render to change with the audio: the shared
-# `tiny_run` (40 steps) renders open and closed mouths within 1e-5 of each other, which no screen
-# can show. Here stage 2 gets most of the steps, a higher deformation rate, no offset penalty and
-# ten times the weight on the mouth (500 steps at 48 px: about 3 minutes on 2 busy cores).
-MOUTH_RUN_SYNTH = {"size": 48}
-MOUTH_RUN_ARGS = [
-    "--max-num-iterations=500",
-    "--steps-per-save=500",
-    "--pipeline.model.coarse-steps=50",
-    "--optimizers.deformation.optimizer.lr=6e-3",
-    "--optimizers.deformation.scheduler.warmup-steps=0",
-    "--optimizers.deformation.scheduler.max-steps=500",
-    "--optimizers.deformation.scheduler.lr-final=2e-3",
-    "--pipeline.model.mouth-loss-weight=10",
-    "--pipeline.model.offset-reg-weight=0",
-    "--pipeline.model.smooth-audio=False",
-    "--pipeline.model.torso-field=False",
-]
-
-
-def _tail(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text[-limit:]
+# The live-training test: the CI preset on a small subject, long enough to still be training
+# when the test ends (it is stopped with Ctrl-C then). Nothing is asserted about what it learns.
+TRAINING_SYNTH = {"size": 48, "audio_source": "procedural"}
+TRAINING_ARGS = ["--max-num-iterations=100000", "--steps-per-save=100000", "--pipeline.model.torso-field=False"]
 
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    """Playwright and Debian's chromium, installed when missing; skip (saying why) when impossible."""
+    """Debian's chromium and playwright, as scripts/setup.sh installs them; skip (saying why) without."""
     try:
-        importlib.import_module("playwright.sync_api")
+        import playwright.sync_api  # noqa: F401
     except ImportError:
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "playwright"], capture_output=True, text=True, timeout=900
-        )
-        if done.returncode != 0:
-            pytest.skip(f"playwright is not installed and `pip install playwright` failed: {_tail(done.stderr)}")
-        importlib.invalidate_caches()
-        importlib.import_module("playwright.sync_api")
+        pytest.skip("playwright is not installed in this environment: run scripts/setup.sh (it pip-installs it)")
     found = next((p for p in CHROMIUM_PATHS if Path(p).exists()), None)
     if found is None:
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            pytest.skip("chromium is not installed, and installing it needs apt-get as root (apt-get install chromium)")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = ["apt-get", "install", "-y", "-q", "chromium"]
-        done = subprocess.run(install, capture_output=True, text=True, timeout=1200, env=env)
-        if done.returncode != 0:  # a stale package list: refresh it once
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, timeout=600, env=env)
-            done = subprocess.run(install, capture_output=True, text=True, timeout=1200, env=env)
-        found = next((p for p in CHROMIUM_PATHS if Path(p).exists()), None)
-        if found is None:
-            pytest.skip(f"chromium could not be installed with apt-get: {_tail(done.stdout + done.stderr)}")
+        pytest.skip(
+            "chromium is not installed: scripts/setup.sh installs it when run as root "
+            "(or: apt-get install chromium); playwright's own browser download is not used"
+        )
     return found
 
 
@@ -120,11 +103,24 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def training(tmp_path_factory):
-    """`ns-train gstalker` with its viewer on 127.0.0.1, training the tiny subject in the background.
+def mouth(tmp_path_factory):
+    """The checkpoint whose mouth opens on loud frames, built and checked in Python (see
+    tests/mouth_fixture.py; it raises MouthFixtureError when the renders do not differ)."""
+    from tests.mouth_fixture import build_mouth_fixture
 
-    The viewer stays up after the last step (as with --viewer.quit-on-train-completion False),
-    so the finished checkpoint can be watched too. Yields a dict; the run is stopped with Ctrl-C.
+    return build_mouth_fixture(tmp_path_factory.mktemp("mouth_fixture"))
+
+
+def _probed(log: Path, command: str, *args: str) -> list:
+    """`command args` (an installed nerfstudio script) under tests/viewer_probe.py, logging to `log`."""
+    return [sys.executable, str(PROBE), str(log), command, *args]
+
+
+@pytest.fixture
+def training(tmp_path_factory):
+    """`ns-train gstalker` with its viewer on 127.0.0.1, training a tiny subject while the test runs.
+
+    Yields a dict; the run is stopped with Ctrl-C when the test ends.
     """
     from gstalker_ns.demo import find_config
     from gstalker_ns.synth.subject import generate_subject
@@ -133,38 +129,24 @@ def training(tmp_path_factory):
     work = root / "tmp"
     work.mkdir()
     preset = yaml.safe_load((REPO / "configs" / "ci-tiny.yaml").read_text())
-    subject = generate_subject(root / "subject", **{**preset["synth"], **MOUTH_RUN_SYNTH}, progress=False)
-    overridden = {arg.split("=")[0] for arg in MOUTH_RUN_ARGS}
-    args = [a for a in preset["train_args"] if a.split("=")[0] not in overridden] + MOUTH_RUN_ARGS
+    subject = generate_subject(root / "subject", **{**preset["synth"], **TRAINING_SYNTH}, video=False, progress=False)
+    overridden = {arg.split("=")[0] for arg in TRAINING_ARGS}
+    args = [a for a in preset["train_args"] if a.split("=")[0] not in overridden] + TRAINING_ARGS
     port = _free_port()
-    command = [str(BIN / "ns-train"), "gstalker", f"--data={subject}", f"--output-dir={root / 'outputs'}",
-               "--experiment-name=viewer", "--timestamp=run", "--vis=viewer", "--viewer.quit-on-train-completion=False",
-               "--viewer.websocket-host=127.0.0.1", f"--viewer.websocket-port={port}", *args]  # fmt: skip
+    renders = work / "renders.jsonl"
+    command = _probed(renders, "ns-train", "gstalker", f"--data={subject}", f"--output-dir={root / 'outputs'}",
+                      "--experiment-name=viewer", "--timestamp=run", "--vis=viewer", "--viewer.quit-on-train-completion=False",
+                      "--viewer.websocket-host=127.0.0.1", f"--viewer.websocket-port={port}", *args)  # fmt: skip
     log_path = work / "train.log"
     log = open(log_path, "w")
     env = dict(os.environ, TMPDIR=str(work), GSTALKER_VIEWER_MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB))
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     _wait_for_port(port, process, log_path)
-    config = find_config(root / "outputs", "viewer")
-    steps = int(next(a for a in MOUTH_RUN_ARGS if a.startswith("--max-num-iterations=")).split("=")[1])
-    final = config.parent / "nerfstudio_models" / f"step-{steps - 1:09d}.ckpt"
-    info = {"port": port, "work": work, "subject": subject, "process": process, "log": log_path, "config": config,
-            "final_checkpoint": final}  # fmt: skip
+    info = {"port": port, "work": work, "subject": subject, "process": process, "log": log_path,
+            "config": find_config(root / "outputs", "viewer"), "renders": renders}  # fmt: skip
     yield info
     _stop(process)
     log.close()
-
-
-@pytest.fixture(scope="module")
-def mouth_run(training):
-    """(config.yml, subject folder) of the finished tiny checkpoint whose mouth moves with the audio."""
-    deadline = time.monotonic() + 1800
-    while not training["final_checkpoint"].exists():
-        if training["process"].poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"training did not finish:\n{training['log'].read_text()[-3000:]}")
-        time.sleep(1.0)
-    time.sleep(2.0)  # the checkpoint is written in one go, but give the file system a moment
-    return training["config"], training["subject"]
 
 
 def _listening_addresses(port: int) -> set:
@@ -182,19 +164,19 @@ def _listening_addresses(port: int) -> set:
 
 
 @pytest.fixture(scope="module")
-def viewer(mouth_run, tmp_path_factory):
-    """`ns-viewer` on the finished checkpoint, bound to 127.0.0.1, uploads limited to 1 MB."""
-    config, subject = mouth_run
+def viewer(mouth, tmp_path_factory):
+    """`ns-viewer` on the mouth checkpoint, bound to 127.0.0.1, uploads limited to 1 MB."""
     work = tmp_path_factory.mktemp("viewer_tmp")
     port = _free_port()
     env = dict(os.environ, TMPDIR=str(work), GSTALKER_VIEWER_MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB))
     log_path = work / "viewer.log"
     log = open(log_path, "w")
-    command = [str(BIN / "ns-viewer"), "--load-config", str(config), "--viewer.websocket-host", "127.0.0.1",
-               "--viewer.websocket-port", str(port)]  # fmt: skip
+    renders = work / "renders.jsonl"
+    command = _probed(renders, "ns-viewer", "--load-config", str(mouth.config), "--viewer.websocket-host", "127.0.0.1",
+                      "--viewer.websocket-port", str(port))  # fmt: skip
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
     _wait_for_port(port, process, log_path)
-    yield {"port": port, "work": work, "subject": subject, "process": process, "log": log_path}
+    yield {"port": port, "work": work, "subject": mouth.subject, "process": process, "log": log_path, "renders": renders}
     _stop(process)
     log.close()
 
@@ -270,17 +252,30 @@ def _clear_notifications(page) -> None:
     page.wait_for_function("() => !document.querySelector('.mantine-Notification-root')", timeout=20_000)
 
 
-def _settled_view(page, name: str, timeout: float = 40.0) -> np.ndarray:
-    """The view once the viewer has finished refining it (two identical looks 0.8 s apart)."""
+def _view_of_frame(page, renders: Path, source: str, frame: int, since: float, name: str, timeout: float = 240) -> np.ndarray:
+    """The view once the viewer has sent the full-res image of `frame` of `source` (asked for
+    after wall time `since`) and the tab has painted it."""
     _clear_notifications(page)
-    start = time.monotonic()
+    deadline = time.monotonic() + timeout
+    wanted = {"state": "high", "source": source, "frame": frame}
+    while True:
+        last = viewer_probe.last_image(renders, since)
+        if last is not None and all(last[k] == v for k, v in wanted.items()):
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"the viewer sent no full-res image of {source} frame {frame} in {timeout:.0f} s; last sent: {last}")
+        time.sleep(0.2)
+    sent = last["t"]
+    # It is queued for the tab: wait until the tab shows the same thing twice, 0.5 s apart.
     previous = _view(page)
-    while time.monotonic() - start < timeout:
-        time.sleep(0.8)
+    for _ in range(60):
+        time.sleep(0.5)
         current = _view(page)
-        if np.array_equal(current, previous) and time.monotonic() - start > 2.0:
+        if np.array_equal(current, previous):
             break
         previous = current
+    later = [r for r in viewer_probe.read_log(renders) if r["t"] > sent]
+    assert all(all(r[k] == v for k, v in wanted.items()) for r in later), f"another image was sent meanwhile: {later}"
     return _view(page, name)
 
 
@@ -320,50 +315,13 @@ def _step(page) -> int:
     return int(found)
 
 
-def test_upload_and_playback_while_training_in_two_tabs(browser, training, tmp_path):
-    """During `ns-train`: an upload, then Play drives the avatar with sound in two tabs while the
-    training steps go on."""
-    from gstalker_ns.audio.io import load_audio, write_wav
-
-    assert _listening_addresses(training["port"]) == {"0100007F"}  # --viewer.websocket-host 127.0.0.1
-    first = _open_panel(browser, training["port"])
-    second = _open_panel(browser, training["port"])
-    speech = load_audio(training["subject"] / "audio.wav", 16000)
-    clip = tmp_path / "longer.wav"
-    # 24 s: still playing after both tabs' waits below on a loaded CI machine (an 8 s clip had
-    # ended, and its Pause button turned back into Play, before the test could press it)
-    write_wav(clip, np.concatenate([speech] * 12), 16000)
-    _upload(first, clip)
-    first.wait_for_function(
-        "() => document.getElementById('gstalker-status')?.textContent.startsWith('longer.wav: 24.0 s')", timeout=120_000
-    )
-    second.mouse.click(300, 300)  # a click in the scene: this tab may now play sound too
-    step_before = _step(first)
-    view_before = _view(first)
-    first.get_by_role("button", name="Play", exact=True).click()
-    frames, views = [], []
-    for _ in range(5):
-        time.sleep(0.3)
-        frames.append(int(first.locator("#gstalker-clock").text_content().split()[1]))
-        views.append(_view(first))
-    for tab in (first, second):
-        tab.wait_for_function(
-            "() => { const a = document.getElementById('gstalker-audio'); return a && !a.paused && a.currentTime > 0.2; }",
-            timeout=30_000,
-        )
-    first.screenshot(path=str(SHOTS / "training_playing_tab1.png"))
-    second.screenshot(path=str(SHOTS / "training_playing_tab2.png"))
-    assert frames == sorted(frames) and frames[-1] > frames[0], frames
-    assert any(np.abs(v - view_before).max() > 0 for v in views), "no new render arrived during playback"
-    first.get_by_role("button", name="Pause", exact=True).click()
-    for tab in (first, second):
-        tab.wait_for_function("() => document.getElementById('gstalker-audio').paused", timeout=30_000)
-    deadline = time.monotonic() + 120
-    while _step(first) <= step_before and time.monotonic() < deadline:
-        time.sleep(1.0)
-    assert _step(first) > step_before, "training did not go on while the panel played"
-    first.close()
-    second.close()
+def test_the_checkpoint_opens_and_closes_the_mouth(mouth):
+    """Before any browser work: in Python, on the checkpoint as loaded from disk, the silent frame
+    and the loud frame render differently and the silent frame renders the same twice (the
+    builder checks it and raises otherwise; here the numbers are reported)."""
+    print(f"mouth fixture: frames {mouth.closed_frame} (silent) and {mouth.open_frame} (loud) differ in "
+          f"{mouth.changed_pixels} of {mouth.image_pixels} pixels")  # fmt: skip
+    assert mouth.changed_pixels >= 0.004 * mouth.image_pixels
 
 
 def test_bad_uploads_show_an_error_and_change_nothing(page, viewer, tmp_path):
@@ -404,47 +362,36 @@ def test_ground_truth_frame_shows_next_to_the_render(page):
     image.wait_for(state="detached", timeout=20_000)
 
 
-def test_upload_scrub_and_play_with_sound(page, viewer):
-    from gstalker_ns.audio.io import load_audio, write_wav
-    from gstalker_ns.synth.speech import mouth_opening_from_audio
-
-    # The clip: one second of silence, then the subject's speech. The synthetic generator's own
-    # rule says where a mouth is open (it opens the subject's mouth with the same function), and
-    # silence closes it. The tiny model is weak at the subtle open/closed changes inside speech,
-    # but reliably tells silence from a loud vowel.
-    rate = 16000
-    wave = np.concatenate([np.zeros(rate, np.float32), load_audio(viewer["subject"] / "audio.wav", rate)])
-    frames = int(round(wave.size / rate * 25))
-    mouth = mouth_opening_from_audio(wave, rate, frames, 25.0)
+def test_upload_scrub_and_play_with_sound(page, viewer, mouth):
+    # The clip: one second of silence, then the subject's speech (the fixture's; its mouth Gaussians
+    # move down on the loud frame, and its silent frame is the one below).
+    frames, closed, opened = mouth.num_frames, mouth.closed_frame, mouth.open_frame
     clip = viewer["work"] / "my voice.wav"
-    write_wav(clip, wave, rate)
+    shutil.copyfile(mouth.clip, clip)
     _upload(page, clip)
     page.wait_for_function(
         "() => document.getElementById('gstalker-status')?.textContent.includes('frames at 25 fps')", timeout=60_000
     )
-    assert _status(page).startswith(f"my_voice.wav: {wave.size / rate:.1f} s, {frames} frames")
+    assert _status(page).startswith(f"my_voice.wav: {frames / 25:.1f} s, {frames} frames")
     assert page.evaluate("() => [...document.querySelectorAll('input')].some(i => i.value === 'my_voice.wav')")
     page.wait_for_function("() => document.getElementById('gstalker-sound-state')?.textContent.startsWith('sound: ready')")
     _clear_notifications(page)
     page.screenshot(path=str(SHOTS / "panel_uploaded.png"))
 
-    # (a) the render follows the slider: closed mouth, open mouth, closed again
-    inner = np.arange(2, frames - 2)
-    closed = 12  # the middle of the silence
-    opened = int(inner[np.argmax([mouth[k - 1 : k + 2].min() for k in inner])])
-    assert mouth[closed - 2 : closed + 3].max() < 0.05 and mouth[opened] > 0.6, (mouth[closed], mouth[opened])
-    _set_time_with_mouse(page, closed, frames)
-    first = _settled_view(page, "render_closed_mouth")
-    _set_time_with_mouse(page, opened, frames)
-    open_view = _settled_view(page, "render_open_mouth")
-    _set_time_with_mouse(page, closed, frames)
-    again = _settled_view(page, "render_closed_mouth_again")
+    # (a) the render follows the slider: closed mouth, open mouth, closed again; each view is the
+    # full-res image of that frame (viewer_probe), not a preview or the previous frame's image
+    views = []
+    for frame, name in ((closed, "render_closed_mouth"), (opened, "render_open_mouth"), (closed, "render_closed_mouth_again")):
+        since = time.time()
+        _set_time_with_mouse(page, frame, frames)
+        views.append(_view_of_frame(page, viewer["renders"], "my_voice.wav", frame, since, name))
+    first, open_view, again = views
     changed = np.abs(open_view - first).max(axis=-1) > 8
     noise = np.abs(again - first).max(axis=-1) > 8
     print(f"pixels changed by > 8/255: closed->open {changed.sum()}, closed->closed {noise.sum()}")
     assert changed.sum() >= 50, f"the render hardly changed between frames {closed} and {opened}: {changed.sum()} px"
     assert changed.mean() < 0.25, "most of the view changed: the camera moved, not the face"
-    assert noise.sum() * 10 <= changed.sum(), f"the same time rendered differently: {noise.sum()} px"
+    assert noise.sum() == 0, f"the same time rendered differently: {noise.sum()} px"
 
     # (b) Play from the start: the sound plays in the page, its time advancing with the server's clock
     _set_time_with_mouse(page, 0, frames)
@@ -472,3 +419,56 @@ def test_upload_folder_is_removed_when_the_viewer_exits(viewer, page):
     process.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops ns-viewer
     process.wait(60)
     assert not folders[0].exists()
+
+
+def test_upload_and_playback_while_training_in_two_tabs(browser, training, tmp_path):
+    """During `ns-train`: an upload, then Play drives the avatar with sound in two tabs while the
+    training steps go on. Last: the training runs only during this test."""
+    from gstalker_ns.audio.io import load_audio, write_wav
+
+    assert _listening_addresses(training["port"]) == {"0100007F"}  # --viewer.websocket-host 127.0.0.1
+    first = _open_panel(browser, training["port"])
+    second = _open_panel(browser, training["port"])
+    speech = load_audio(training["subject"] / "audio.wav", 16000)
+    clip = tmp_path / "longer.wav"
+    # 24 s: still playing after both tabs' waits below on a loaded CI machine (an 8 s clip had
+    # ended, and its Pause button turned back into Play, before the test could press it)
+    write_wav(clip, np.concatenate([speech] * 12), 16000)
+    _upload(first, clip)
+    first.wait_for_function(
+        "() => document.getElementById('gstalker-status')?.textContent.startsWith('longer.wav: 24.0 s')", timeout=120_000
+    )
+    second.mouse.click(300, 300)  # a click in the scene: this tab may now play sound too
+    step_before = _step(first)
+    played = time.time()
+    first.get_by_role("button", name="Play", exact=True).click()
+    frames = []
+    for _ in range(5):
+        time.sleep(0.3)
+        frames.append(int(first.locator("#gstalker-clock").text_content().split()[1]))
+    for tab in (first, second):
+        tab.wait_for_function(
+            "() => { const a = document.getElementById('gstalker-audio'); return a && !a.paused && a.currentTime > 0.2; }",
+            timeout=30_000,
+        )
+    first.screenshot(path=str(SHOTS / "training_playing_tab1.png"))
+    second.screenshot(path=str(SHOTS / "training_playing_tab2.png"))
+    assert frames == sorted(frames) and frames[-1] > frames[0], frames
+    # images of the clip's advancing frames reach the tabs (which frames, not what they show:
+    # what the model shows depends on what it has learned so far)
+    deadline = time.monotonic() + 60
+    while True:
+        sent = [r for r in viewer_probe.read_log(training["renders"]) if r["t"] >= played and r["source"] == "longer.wav"]
+        if len({r["frame"] for r in sent}) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len({r["frame"] for r in sent}) >= 2, f"no images of new frames were sent during playback: {sent}"
+    first.get_by_role("button", name="Pause", exact=True).click()
+    for tab in (first, second):
+        tab.wait_for_function("() => document.getElementById('gstalker-audio').paused", timeout=30_000)
+    deadline = time.monotonic() + 120
+    while _step(first) <= step_before and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert _step(first) > step_before, "training did not go on while the panel played"
+    first.close()
+    second.close()
