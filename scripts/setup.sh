@@ -104,7 +104,8 @@ pip_quiet install -q --upgrade pip
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 pip_quiet install -q -c scripts/constraints.txt \
   torch==2.13.0 torchvision==0.28.0 nerfstudio==1.1.5 gsplat==1.4.0 viser==0.2.7 \
   librosa av imageio-ffmpeg transformers pyyaml pytest playwright
-pip_quiet install -q --no-deps --no-build-isolation -e .
+# (setuptools' note that an editable install is one is left out as well)
+PYTHONWARNINGS="ignore:Editable installation" pip_quiet install -q --no-deps --no-build-isolation -e .
 # mediapipe 0.10.21 is the last release that ships face mesh / segmentation models in its wheel.
 # It needs protobuf 4.25 (3.20 misparses its graphs) while nerfstudio declares protobuf<=3.20.3,
 # so it goes in a second, dependency-free step (nerfstudio and tensorboard work with 4.25; its
