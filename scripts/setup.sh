@@ -97,22 +97,24 @@ fi
 pip_quiet() {
   "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v -E "^WARNING: Location '[^']*' is ignored" || true; }
 }
+# pip's report of the known, intended conflicts around mediapipe (see below); others still show.
+known_conflicts() {
+  grep -v -E "dependency resolver does not currently|^nerfstudio .* requires protobuf|^mediapipe .* requires" || true
+}
 
 echo "[setup] creating/updating $VENV (first run takes about 2-3 minutes) ..."
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip_quiet install -q --upgrade pip
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 pip_quiet install -q -c scripts/constraints.txt \
   torch==2.13.0 torchvision==0.28.0 nerfstudio==1.1.5 gsplat==1.4.0 viser==0.2.7 \
-  librosa av imageio-ffmpeg transformers pyyaml pytest playwright
+  librosa av imageio-ffmpeg transformers pyyaml pytest playwright | known_conflicts
 # (setuptools' note that an editable install is one is left out as well)
 PYTHONWARNINGS="ignore:Editable installation" pip_quiet install -q --no-deps --no-build-isolation -e .
 # mediapipe 0.10.21 is the last release that ships face mesh / segmentation models in its wheel.
 # It needs protobuf 4.25 (3.20 misparses its graphs) while nerfstudio declares protobuf<=3.20.3,
 # so it goes in a second, dependency-free step (nerfstudio and tensorboard work with 4.25; its
 # other needs, jax and opencv-contrib, are not used by face mesh: opencv-python-headless serves).
-# pip's report of those known, intended conflicts is left out too.
-pip_quiet install -q --no-deps mediapipe==0.10.21 protobuf==4.25.8 flatbuffers==25.12.19 \
-  | { grep -v "dependency resolver\|nerfstudio .* requires protobuf\|mediapipe .* requires" || true; }
+pip_quiet install -q --no-deps mediapipe==0.10.21 protobuf==4.25.8 flatbuffers==25.12.19 | known_conflicts
 
 site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 echo "import gstalker_ns._startup" > "$site/gstalker_ns_startup.pth"
