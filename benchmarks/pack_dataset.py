@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-SMALL_FILES = ("transforms.json", "background.png", "audio.wav", "audio_features.npy", "ground_truth.json")
+SMALL_FILES = ("transforms.json", "background.png", "audio.wav", "audio_features.npy", "ground_truth.json", "face_landmarks.npz")
 
 
 def pack(src: Path, dst: Path) -> None:

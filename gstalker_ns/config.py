@@ -18,7 +18,7 @@ from gstalker_ns.data.datamanager import TalkingPortraitDatamanagerConfig  # noq
 from gstalker_ns.data.dataparser import TalkingPortraitDataParserConfig  # noqa: E402
 from gstalker_ns.model import GSTalkerModelConfig  # noqa: E402
 
-MAX_STEPS = 30000
+MAX_STEPS = 10000  # about 5-6 minutes on one H200 (benchmarks/RESULTS.md)
 
 
 def _adam(lr: float, lr_final: float | None = None, warmup: int = 0) -> dict:

@@ -2,7 +2,12 @@
 
 Two kinds of Gaussians live in one set, told apart by `gaussian_part` (0 head, 1 torso):
 - head Gaussians: canonical (static) positions in the head frame, offset per frame by the
-  audio-driven deformation field (hash-grid tri-plane features + temporally smoothed audio + blink);
+  expression-driven deformation field (hash-grid tri-plane features + expression code + blink).
+  The expression code is a bottleneck between audio and motion (gstalker_ns.expression): in
+  training it is the frame's tracked mouth shape (plus noise); for held-out frames and any new
+  audio it is predicted from the audio by a read-out fitted on the training frames, temporally
+  smoothed. The field thus never sees frame identity through the audio, and the audio path is a
+  small supervised regressor whose generalisation is measured on validation slices;
 - torso Gaussians: offset by the pose-conditioned field, because the torso does not follow the
   head rigidly while the head frame is our world.
 Training runs in two stages: `coarse_steps` of static Gaussians (stage 1), then the deformation
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Type, Union
+from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -37,13 +42,8 @@ from gstalker_ns import _compat
 from gstalker_ns.data.dataparser import pose_codes
 from gstalker_ns.data.layout import LABEL_LIPS
 from gstalker_ns.data.seed_points import PART_HEAD, PART_TORSO
-from gstalker_ns.fields import (
-    AudioDeformationField,
-    DeformationOutput,
-    PoseDeformationField,
-    SmoothedAudioEncoder,
-    apply_deformation,
-)
+from gstalker_ns.expression import AudioToExpression, ExpressionBasis, fit_audio_to_expression
+from gstalker_ns.fields import DeformationOutput, ExpressionDeformationField, PoseDeformationField, apply_deformation
 from gstalker_ns.splatting import backend_for, rasterize
 from gstalker_ns.strategy import CappedDefaultStrategy
 
@@ -67,20 +67,24 @@ class GSTalkerModelConfig(SplatfactoModelConfig):
     Refinement also waits this long after step 0."""
     num_downscales: int = 1
     """Train at 1/2^d resolution at first (doubles every resolution_schedule steps)."""
-    resolution_schedule: int = 2000
+    resolution_schedule: int = 1000
     sh_degree: int = 3
     warmup_length: int = 500
     refine_every: int = 100
-    stop_split_at: int = 20000
+    stop_split_at: int = 7000
     densify_grad_thresh: float = 0.0004
     # --- Stages
-    coarse_steps: int = 3000
+    coarse_steps: int = 2000
     """Stage 1: static Gaussians only. The deformation fields switch on after this many steps."""
-    # --- Audio and deformation fields
-    audio_code_dim: int = 32
-    audio_neighbours: int = 8
-    """Frames the temporal audio smoothing attends over."""
-    smooth_audio: bool = True
+    # --- Expression bottleneck and deformation fields
+    expression_components: int = 8
+    """Most PCA components of the tracked mouth/jaw landmarks in the expression code."""
+    expression_noise: float = 0.3
+    """Std of the noise added to the tracked expression code in training (in units of the first
+    component's spread), so the field tolerates the audio predictor's errors."""
+    eval_expression: Literal["audio", "tracked"] = "audio"
+    """What drives the mouth outside training: `audio` (the code predicted from the audio, as for
+    any new speech) or `tracked` (the clip's own tracked code: the renderer's upper bound)."""
     grid_levels: int = 12
     grid_features_per_level: int = 2
     grid_log2_hashmap_size: int = 16
@@ -95,6 +99,8 @@ class GSTalkerModelConfig(SplatfactoModelConfig):
     # --- Losses
     mouth_loss_weight: float = 1.0
     """Extra L1 weight on the lips and mouth interior."""
+    eye_loss_weight: float = 1.0
+    """Extra L1 weight inside the tracked eye boxes (blinks are small and rare otherwise)."""
     offset_reg_weight: float = 0.01
     """Weight of the regulariser that keeps deformation offsets small (relative to head radius)."""
     # --- Rendering
@@ -131,6 +137,7 @@ class GSTalkerModel(SplatfactoModel):
         self._build_gaussians(xyz, rgb)
         self.register_buffer("gaussian_part", part.to(torch.uint8))
         self._build_drive_tables(metadata)
+        self._build_expression(metadata)
         self._build_fields(xyz)
         self._build_background(metadata)
         self._build_metrics()
@@ -222,6 +229,40 @@ class GSTalkerModel(SplatfactoModel):
         self.register_buffer("pose_code_mean", pose_mean)
         self.register_buffer("pose_code_std", pose_std)
         self.register_buffer("deformation_enabled", torch.tensor(False))
+        boxes = metadata.get("eye_boxes")
+        boxes = torch.full((len(table), 2, 4), -1.0) if boxes is None else torch.as_tensor(boxes, dtype=torch.float32)
+        self.register_buffer("eye_box_table", boxes, persistent=False)
+
+    def _build_expression(self, metadata: Dict) -> None:
+        """The expression basis (PCA of the training frames' mouth points), the tracked codes of
+        every frame and the audio -> expression read-out, fitted here on the training rows only."""
+        points = metadata.get("expression_points")
+        rows_all = torch.as_tensor(metadata.get("train_rows", torch.arange(len(self.audio_table))), dtype=torch.long)
+        inner = tuple(metadata.get("expression_inner_lips", (0, 1)))
+        if points is None:  # no dataset (e.g. a bare model for tests): a neutral one-point track
+            points = torch.zeros(len(self.audio_table), 2, 3)
+            points[:, 1, 1] = torch.linspace(0.0, 1e-3, len(self.audio_table))
+        points_np = torch.as_tensor(points, dtype=torch.float32).numpy()
+        finite = np.isfinite(points_np).all(axis=(1, 2))
+        rows = [int(r) for r in rows_all.tolist() if 0 <= r < len(points_np) and finite[r]]
+        basis = ExpressionBasis.fit(points_np, rows, self.config.expression_components, min_share=1e-4)
+        codes = torch.from_numpy(basis.encode(np.nan_to_num(points_np, nan=0.0)))
+        codes[torch.from_numpy(~finite)] = 0.0  # frames without landmarks: the mean expression
+        opening = torch.from_numpy(basis.opening_vector(inner)).float()
+        predictor, report = fit_audio_to_expression(self.audio_table, codes, rows, opening)
+        self.register_buffer("expression_table", codes, persistent=False)
+        self.register_buffer("expression_opening", opening)
+        self.register_buffer("expression_mean", torch.from_numpy(basis.mean).float())
+        self.register_buffer("expression_components", torch.from_numpy(basis.components).float())
+        self.register_buffer("expression_scale", torch.tensor(basis.scale, dtype=torch.float32))
+        self.audio_to_expression = predictor
+        self.expression_fit_report = report.to_json()
+        self._predicted_cache = None
+        CONSOLE.log(
+            f"[gstalker] audio -> expression ({basis.dim} components): validation mouth-opening corr "
+            f"{report.opening_corr:.3f} on slices of {len(rows)} training frames (ridge {report.lam:g}, smoothing "
+            f"{report.sigma:g} frames)"
+        )
 
     def _build_fields(self, xyz: torch.Tensor) -> None:
         def box(points: torch.Tensor) -> torch.Tensor:
@@ -242,15 +283,8 @@ class GSTalkerModel(SplatfactoModel):
             num_layers=self.config.field_num_layers,
             implementation=self.config.grid_implementation,
         )
-        window, dim = self.audio_table.shape[1], self.audio_table.shape[2]
-        self.audio_encoder = SmoothedAudioEncoder(
-            in_dim=dim,
-            window=window,
-            code_dim=self.config.audio_code_dim,
-            num_neighbours=self.config.audio_neighbours,
-            smooth=self.config.smooth_audio,
-        )
-        self.head_field = AudioDeformationField(box(xyz[part == PART_HEAD]), audio_dim=self.audio_encoder.out_dim, **grid)
+        expression_dim = int(self.expression_table.shape[1])
+        self.head_field = ExpressionDeformationField(box(xyz[part == PART_HEAD]), expression_dim=expression_dim, **grid)
         self.torso_field = (
             PoseDeformationField(box(xyz[part == PART_TORSO]), pose_dim=9, **grid) if self.config.torso_field else None
         )
@@ -281,6 +315,13 @@ class GSTalkerModel(SplatfactoModel):
     # ------------------------------------------------------------------ checkpoints
     def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
         """Resize the Gaussian-count- and size-dependent tensors to the checkpoint's, then load."""
+        if any(key.startswith("audio_encoder.") for key in dict):
+            from gstalker_ns.checkpoint import CheckpointError
+
+            raise CheckpointError(
+                "this checkpoint was trained by an older gstalker-ns (audio-code conditioning, before the expression "
+                "bottleneck); retrain it with `ns-train gstalker --data ...`"
+            )
         count = dict["gauss_params.means"].shape[0]
         for param in self.gauss_params.values():
             # Resize in place: the optimizers (built before a resumed run loads its checkpoint)
@@ -290,6 +331,11 @@ class GSTalkerModel(SplatfactoModel):
         for name in ("gaussian_part", "background_image", "audio_extractor_json"):
             if name in dict:
                 setattr(self, name, torch.zeros_like(dict[name], device=self.device))
+        for name, buffer in list(self.named_buffers()):  # the read-out and basis: the checkpoint's shapes
+            if name.startswith(("audio_to_expression.", "expression_")) and name in dict and dict[name].shape != buffer.shape:
+                owner, attr = self.get_submodule(name.rpartition(".")[0]) if "." in name else self, name.rpartition(".")[2]
+                setattr(owner, attr, torch.zeros_like(dict[name], device=self.device))
+        self._predicted_cache = None
         self.strategy_state["part"] = self.gaussian_part
         result = super(SplatfactoModel, self).load_state_dict(dict, **kwargs)
         self.strategy_state["part"] = self.gaussian_part
@@ -349,7 +395,7 @@ class GSTalkerModel(SplatfactoModel):
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = self.get_gaussian_param_groups()
-        deformation = list(self.audio_encoder.parameters()) + list(self.head_field.parameters())
+        deformation = list(self.head_field.parameters())
         if self.torso_field is not None:
             deformation += list(self.torso_field.parameters())
         groups["deformation"] = deformation
@@ -374,15 +420,35 @@ class GSTalkerModel(SplatfactoModel):
         deformation = DeformationOutput.zeros(len(means), device=means.device)
         head, torso = self._part_indices()
         head_encoded, torso_encoded = self._cached_encodings(head, torso)
-        index = torch.tensor([frame_idx], device=means.device)
-        code = self.audio_encoder(self.audio_table, index)
-        blink = self.blink_table[index]
+        code = self.expression_code(frame_idx)
+        blink = self.blink_table[frame_idx : frame_idx + 1]
         deformation = _scatter(deformation, head, self.head_field(means[head], code, blink, encoded=head_encoded))
         if self.torso_field is not None and len(torso) > 0:
             pose = (pose_codes(camera_to_world[0, :3, :4]) - self.pose_code_mean) / self.pose_code_std
             deformation = _scatter(deformation, torso, self.torso_field(means[torso], pose, encoded=torso_encoded))
         self._last_deformation = deformation
         return apply_deformation(means, quats, scales, deformation)
+
+    def predicted_expression(self) -> torch.Tensor:
+        """[F, K] expression codes predicted from the current audio table (training track, a
+        `set_drive` clip or the viewer's upload), computed once per table."""
+        table = self.audio_table
+        key = (table.data_ptr(), table._version, tuple(table.shape), str(table.device))
+        if self._predicted_cache is None or self._predicted_cache[0] != key:
+            with torch.no_grad():
+                self._predicted_cache = (key, self.audio_to_expression(table))
+        return self._predicted_cache[1]
+
+    def expression_code(self, frame_idx: int) -> torch.Tensor:
+        """[1, K] code that drives the head field for one frame (see the module docstring)."""
+        if self.training:
+            code = self.expression_table[frame_idx : frame_idx + 1]
+            if self.config.expression_noise > 0:
+                code = code + self.config.expression_noise * torch.randn_like(code)
+            return code
+        if self.config.eval_expression == "tracked" and len(self.audio_table) == len(self.expression_table):
+            return self.expression_table[frame_idx : frame_idx + 1]
+        return self.predicted_expression()[frame_idx : frame_idx + 1]
 
     def _part_indices(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Indices of head and torso Gaussians; recomputed only when densification changed them
@@ -431,6 +497,7 @@ class GSTalkerModel(SplatfactoModel):
             assert camera.shape[0] == 1, "Only one camera at a time"
         camera_to_world = camera.camera_to_worlds
         frame_idx = self._frame_index(camera)
+        self._last_frame_idx = frame_idx
         means, quats, scales = self.deformed_gaussians(camera_to_world, frame_idx)
 
         scale_factor = self._get_downscale_factor()
@@ -501,6 +568,10 @@ class GSTalkerModel(SplatfactoModel):
             mouth = mouth_mask(labels).float()
             if mouth.sum() > 0:
                 loss["mouth_l1"] = self.config.mouth_loss_weight * (abs_diff * mouth).sum() / (3 * mouth.sum())
+        if self.config.eye_loss_weight > 0:
+            eyes = self._eye_mask(getattr(self, "_last_frame_idx", 0), pred.shape[0], pred.shape[1])
+            if eyes is not None:
+                loss["eye_l1"] = self.config.eye_loss_weight * (abs_diff * eyes).sum() / (3 * eyes.sum())
         deformation = self._last_deformation
         if deformation is not None and self.config.offset_reg_weight > 0:
             scale = self.head_radius
@@ -508,6 +579,20 @@ class GSTalkerModel(SplatfactoModel):
             reg = reg + deformation.d_quat.square().mean()
             loss["offset_reg"] = self.config.offset_reg_weight * reg
         return loss
+
+    def _eye_mask(self, frame_idx: int, height: int, width: int) -> Optional[torch.Tensor]:
+        """[H, W, 1] float: 1 inside the frame's two tracked eye boxes (None when untracked)."""
+        boxes = self.eye_box_table[min(frame_idx, len(self.eye_box_table) - 1)]
+        if bool((boxes < 0).all()):
+            return None
+        ys = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) / height
+        xs = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) / width
+        mask = torch.zeros(height, width, device=boxes.device)
+        for x0, y0, x1, y1 in boxes:
+            inside_y = (ys >= y0) & (ys <= y1)
+            inside_x = (xs >= x0) & (xs <= x1)
+            mask = torch.maximum(mask, (inside_y[:, None] & inside_x[None, :]).float())
+        return mask[..., None] if mask.sum() > 0 else None
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
         gt = self.get_gt_img(batch["image"])[..., :3]

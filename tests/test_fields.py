@@ -1,4 +1,4 @@
-"""Tests of gstalker_ns.fields: hash tri-plane, audio smoothing, deformation fields (CPU, fast)."""
+"""Tests of gstalker_ns.fields: hash tri-plane and deformation fields (CPU, fast)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,12 @@ import pytest
 import torch
 
 from gstalker_ns.fields import (
-    AudioDeformationField,
-    AudioEncoder,
-    AudioSmoother,
     DeformationOutput,
+    ExpressionDeformationField,
     HashGrid2D,
     HashTriplane,
     PoseDeformationField,
-    SmoothedAudioEncoder,
     apply_deformation,
-    neighbour_indices,
     tcnn_available,
 )
 from gstalker_ns.fields.hash_triplane import _interpolate
@@ -253,68 +249,6 @@ def _torch_only(tri: HashTriplane) -> HashTriplane:
     return copy
 
 
-# ------------------------------------------------------------------------------------ audio smoothing
-
-
-def test_neighbour_indices_clamp_at_both_ends() -> None:
-    idx = neighbour_indices(torch.tensor([0, 5, 99]), num_frames=100, num_neighbours=8)
-    assert idx.tolist() == [
-        [0, 0, 0, 0, 0, 1, 2, 3],
-        [1, 2, 3, 4, 5, 6, 7, 8],
-        [95, 96, 97, 98, 99, 99, 99, 99],
-    ]
-    assert neighbour_indices(torch.tensor([3]), 10, 3).tolist() == [[2, 3, 4]]
-    assert neighbour_indices(torch.tensor([0, 1]), 1 + 1, 4).tolist() == [[0, 0, 0, 1], [0, 0, 1, 1]]
-
-
-@pytest.mark.parametrize("window", [1, 12, 16])
-def test_audio_encoder_any_window(window: int) -> None:
-    enc = AudioEncoder(in_dim=5, window=window, code_dim=7)
-    assert enc(torch.randn(3, window, 5)).shape == (3, 7)
-    with pytest.raises(ValueError):
-        enc(torch.randn(3, window + 1, 5))
-
-
-def test_audio_smoother_is_a_convex_combination() -> None:
-    smoother = AudioSmoother(code_dim=6, num_neighbours=8)
-    codes = torch.randn(4, 8, 6)
-    w = smoother.weights(codes)
-    torch.testing.assert_close(w.sum(-1), torch.ones(4))
-    torch.testing.assert_close(smoother(codes), (w.unsqueeze(-1) * codes).sum(1))
-    same = codes[:, :1].expand(-1, 8, -1)  # identical neighbours: smoothing is the identity
-    torch.testing.assert_close(smoother(same), codes[:, 0])
-
-
-def test_smoothed_encoder_uses_the_neighbours_only() -> None:
-    enc = SmoothedAudioEncoder(in_dim=8, window=16, code_dim=12, num_neighbours=8)
-    table = torch.randn(40, 16, 8)
-    frame = torch.tensor([20])
-    out = enc(table, frame)
-    assert out.shape == (1, 12) and enc.out_dim == 12
-
-    def changed(row: int, smooth: bool) -> bool:
-        enc.smooth = smooth
-        edited = table.clone()
-        edited[row] += 3.0 * torch.randn(16, 8)
-        return not torch.equal(enc(table, frame), enc(edited, frame))
-
-    assert changed(20, True) and changed(17, True) and changed(23, True)  # window 16..23
-    assert not changed(15, True) and not changed(24, True) and not changed(35, True)
-    assert changed(20, False) and not changed(17, False)
-
-    enc.smooth = True  # a batch gives the same codes as the frames one by one
-    frames = torch.tensor([0, 20, 39])
-    batch = enc(table, frames)
-    single = torch.cat([enc(table, f.view(1)) for f in frames])
-    torch.testing.assert_close(batch, single)
-
-
-def test_smoothed_encoder_gradients_reach_all_parameters() -> None:
-    enc = SmoothedAudioEncoder(in_dim=8, window=16, code_dim=12)
-    enc(torch.randn(30, 16, 8), torch.tensor([3, 15])).square().sum().backward()
-    for name, p in enc.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-
 
 # ------------------------------------------------------------------------------- deformation fields
 
@@ -333,8 +267,8 @@ def test_apply_deformation_shapes_and_identity() -> None:
     torch.testing.assert_close(m, means + 1)
 
 
-def test_audio_field_starts_near_zero_and_is_bounded() -> None:
-    field = AudioDeformationField(AABB, audio_dim=16, **SMALL)
+def test_expression_field_starts_near_zero_and_is_bounded() -> None:
+    field = ExpressionDeformationField(AABB, expression_dim=16, **SMALL)
     out = field(_points(), torch.randn(16), torch.tensor(1.0))
     assert out.d_xyz.shape == (256, 3) and out.d_quat.shape == (256, 4) and out.d_scale.shape == (256, 3)
     for t in (out.d_xyz, out.d_quat, out.d_scale):
@@ -347,8 +281,8 @@ def test_audio_field_starts_near_zero_and_is_bounded() -> None:
     assert field(torch.zeros(0, 3), torch.randn(1, 16), torch.tensor([0.0])).d_xyz.shape == (0, 3)
 
 
-def test_audio_field_gradients_reach_code_tables_and_xyz() -> None:
-    field = AudioDeformationField(AABB, audio_dim=16, **SMALL, detach_xyz=False)
+def test_expression_field_gradients_reach_code_tables_and_xyz() -> None:
+    field = ExpressionDeformationField(AABB, expression_dim=16, **SMALL, detach_xyz=False)
     xyz = _points().requires_grad_()
     code = torch.randn(16, requires_grad=True)
     out = field(xyz, code, torch.tensor(0.5))
@@ -381,8 +315,8 @@ def _train(field: torch.nn.Module, batches, target_fn, steps: int, lr: float = 1
     return first, last
 
 
-def test_audio_field_learns_audio_and_blink_dependent_motion() -> None:
-    field = AudioDeformationField(AABB, audio_dim=8, **SMALL)
+def test_expression_field_learns_expression_and_blink_dependent_motion() -> None:
+    field = ExpressionDeformationField(AABB, expression_dim=8, **SMALL)
     xyz = _points()
     codes = [torch.randn(8), torch.randn(8)]
 
@@ -398,21 +332,21 @@ def test_audio_field_learns_audio_and_blink_dependent_motion() -> None:
         a0 = field(xyz, codes[0], torch.tensor(0.0)).d_xyz
         a1 = field(xyz, codes[1], torch.tensor(0.0)).d_xyz
         b1 = field(xyz, codes[0], torch.tensor(1.0)).d_xyz
-    assert (a0 - a1)[:, 1].abs().mean() > 0.02  # audio moves the "mouth" (y)
+    assert (a0 - a1)[:, 1].abs().mean() > 0.02  # the expression moves the "mouth" (y)
     upper = xyz[:, 1] > 0
     assert (b1 - a0)[upper, 2].mean() < -0.02  # blink moves the upper points' z
     assert (b1 - a0)[~upper, 2].abs().mean() < 0.01
 
 
-def test_audio_field_aabb_is_saved_and_settable() -> None:
-    field = AudioDeformationField(AABB, audio_dim=4, **SMALL)
+def test_expression_field_aabb_is_saved_and_settable() -> None:
+    field = ExpressionDeformationField(AABB, expression_dim=4, **SMALL)
     assert "aabb" in field.state_dict()
     field.set_aabb(torch.tensor([[0.0, 0.0, 0.0], [2.0, 4.0, 8.0]]))
     torch.testing.assert_close(field.normalize(torch.tensor([[1.0, 1.0, 1.0]])), torch.tensor([[0.5, 0.25, 0.125]]))
     with pytest.raises(ValueError):
         field.set_aabb(torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 1.0]]))
     with pytest.raises(ValueError):
-        field(_points(), torch.randn(5), 0.0)  # wrong audio size
+        field(_points(), torch.randn(5), 0.0)  # wrong expression size
 
 
 def test_pose_field_depends_on_pose() -> None:

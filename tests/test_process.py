@@ -35,9 +35,27 @@ def test_process_writes_a_training_folder_the_dataparser_loads(processed):
     assert summary.num_frames == 75 and summary.kept_frames >= 72
     outputs = TalkingPortraitDataParserConfig(data=person, num_seed_points=500).setup().get_dataparser_outputs("train")
     assert len(outputs.image_filenames) >= 65
-    assert tuple(outputs.metadata["audio_features"].shape) == (75, 16, 80)
+    assert tuple(outputs.metadata["audio_features"].shape) == (75, 5, 464)  # whisper layer 3 + log-mel
+    assert tuple(outputs.metadata["expression_points"].shape) == (75, 61, 3)  # lips + jaw in the head frame
     labels = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(person / "masks" / "000010.png"))
     assert {0, 1, 2, 3}.issubset(set(np.unique(labels).tolist()))
+
+
+def test_process_expression_track_follows_the_true_mouth(processed):
+    """The tracked inner-lip gap, lifted into the head frame, follows the synthetic subject's
+    exact mouth opening, and the A/V offset estimate is recorded (the subject is in sync)."""
+    from gstalker_ns.expression import ExpressionTrack
+
+    subject, person, _ = processed
+    truth = np.array([f["mouth_opening"] for f in json.loads((subject / "ground_truth.json").read_text())["frames"]])
+    track = ExpressionTrack.load(person / "face_landmarks.npz")
+    gap = track.lip_gap()
+    valid = np.isfinite(gap)
+    assert valid.sum() >= 72 and np.corrcoef(gap[valid], truth[valid])[0, 1] > 0.8
+    boxes = track.eye_boxes[valid]
+    assert (boxes[:, :, 2] > boxes[:, :, 0]).all() and (boxes[:, 0, 0] < boxes[:, 1, 0]).all()  # image-left eye first
+    offset = json.loads((person / "transforms.json").read_text())["audio_offset"]
+    assert offset["source"].startswith("auto") and abs(offset["applied_ms"]) < 40.0, offset
 
 
 def test_process_poses_follow_the_true_head_motion(processed):

@@ -67,7 +67,7 @@ def test_checkpoint_loads_and_renders_a_held_out_camera(trained_run):
     pipeline, checkpoint, step = load_pipeline(config_path)
     model = pipeline.model
     assert bool(model.deformation_enabled), "stage 2 never started"
-    assert model.audio_extractor.get("kind") == "logmel"
+    assert model.audio_extractor.get("kind") == "whisper"
     camera, batch = pipeline.datamanager.fixed_indices_eval_dataloader[0]
     outputs = model.get_outputs_for_camera(camera)
     rgb = outputs["rgb"]

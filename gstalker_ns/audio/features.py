@@ -44,8 +44,9 @@ import numpy as np
 from gstalker_ns.audio.io import AudioError, _resample
 
 SPEC_VERSION = 1
-KINDS = ("logmel", "hubert", "wav2vec2")
-ENCODER_KINDS = ("hubert", "wav2vec2")
+KINDS = ("logmel", "whisper", "hubert", "wav2vec2")
+ENCODER_KINDS = ("hubert", "wav2vec2")  # transformers models from a local folder
+KINDS_16K = ("whisper",) + ENCODER_KINDS
 
 # Fixed log compression of the mel power (see module docstring).
 LOG_FLOOR = 1e-8
@@ -84,6 +85,10 @@ class AudioFeatureSpec:
     # encoder settings
     model_path: Optional[str] = None
     layer: Optional[int] = None
+    append_logmel: bool = True
+    """whisper only: append the log-mel bands (pooled to the encoder's 50 Hz) to the encoder states.
+    They carry loudness, which the encoder normalises away; with them the mouth follows the
+    energy of other speakers' speech better (benchmarks/RESULTS.md)."""
     # Encoder facts recorded in JSON (dim, feature_rate), so a checkpoint can be rebuilt on a
     # machine that lacks the encoder; not part of the constructor.
     _recorded: Dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -110,7 +115,7 @@ class AudioFeatureSpec:
                     f"audio feature spec: need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, "
                     f"fmax={self.fmax}, sample_rate={self.sample_rate}"
                 )
-        if self.kind in ENCODER_KINDS and self.sample_rate != 16000:
+        if self.kind in KINDS_16K and self.sample_rate != 16000:
             raise AudioError(
                 f"audio feature spec: {self.kind} encoders take 16 kHz audio, got sample_rate={self.sample_rate}; "
                 "set sample_rate=16000"
@@ -124,6 +129,10 @@ class AudioFeatureSpec:
         """Feature frames per second: sample_rate/hop_length, or the encoder's real output rate."""
         if self.kind == "logmel":
             return self.sample_rate / self.hop_length
+        if self.kind == "whisper":
+            from gstalker_ns.audio.whisper import FEATURE_RATE
+
+            return FEATURE_RATE
         if "feature_rate" in self._recorded and not _encoder_available(self):
             return float(self._recorded["feature_rate"])
         return self.sample_rate / _encoder_info(self).stride
@@ -133,6 +142,12 @@ class AudioFeatureSpec:
         """Feature channels: n_mels, or the encoder's hidden_size."""
         if self.kind == "logmel":
             return int(self.n_mels)
+        if self.kind == "whisper":
+            if "dim" in self._recorded and not _encoder_available(self):
+                return int(self._recorded["dim"])
+            from gstalker_ns.audio.whisper import encoder_info
+
+            return encoder_info(self.model_path)[0] + (int(self.n_mels) if self.append_logmel else 0)
         if "dim" in self._recorded and not _encoder_available(self):
             return int(self._recorded["dim"])
         return int(_encoder_info(self).hidden_size)
@@ -219,9 +234,36 @@ def extract_features(
     if spec.kind == "logmel":
         feats = logmel(wave, spec)
         rate = spec.feature_rate
+    elif spec.kind == "whisper":
+        feats, rate = whisper_sequence(wave, spec)
     else:
         feats, rate = encoder_hidden_states(wave, spec, progress=progress)
     return window_features(feats, num_frames, spec.fps, rate, spec.window, spec.lookahead)
+
+
+def default_feature_spec() -> AudioFeatureSpec:
+    """What gstalker-process and gstalker-synth extract: Whisper tiny.en layer 3 + log-mel,
+    100 ms windows centred 40 ms after the frame (chosen on validation slices of real clips)."""
+    return AudioFeatureSpec(kind="whisper", window=5, lookahead=2, layer=3, hop_length=160, win_length=400)
+
+
+def whisper_sequence(wave: np.ndarray, spec: AudioFeatureSpec) -> Tuple[np.ndarray, float]:
+    """[frames, dim] at 50 per second: encoder states, then (append_logmel) the log-mel bands
+    averaged over the two 10 ms frames that each 20 ms encoder frame covers."""
+    from gstalker_ns.audio.whisper import FEATURE_RATE, HOP, whisper_features
+
+    states = whisper_features(wave, spec.layer, spec.model_path)
+    if not spec.append_logmel:
+        return states, FEATURE_RATE
+    if spec.hop_length != HOP:
+        raise AudioError(f"audio feature spec: whisper with append_logmel needs hop_length={HOP}, got {spec.hop_length}")
+    bands = logmel(wave, spec)
+    total = states.shape[0]
+    bands = bands[: 2 * total]
+    if bands.shape[0] < 2 * total:
+        bands = np.pad(bands, ((0, 2 * total - bands.shape[0]), (0, 0)), mode="edge")
+    pooled = bands.reshape(total, 2, -1).mean(axis=1)
+    return np.concatenate([states, pooled], axis=1).astype(np.float32), FEATURE_RATE
 
 
 def _check_wave(wave: np.ndarray) -> np.ndarray:
@@ -378,6 +420,10 @@ def _looks_like_path(text: str) -> bool:
 
 def _encoder_available(spec: AudioFeatureSpec) -> bool:
     """Whether the encoder's config can be read locally (without raising)."""
+    if spec.kind == "whisper":
+        from gstalker_ns.audio.whisper import default_model_dir
+
+        return default_model_dir() is not None if spec.model_path is None else (Path(spec.model_path).expanduser() / "model.bin").is_file()
     try:
         _encoder_info(spec)
         return True

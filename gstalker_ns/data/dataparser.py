@@ -8,6 +8,8 @@ What reaches nerfstudio:
 - cameras with `metadata["frame_idx"]` ([N, 1] long): the video frame each camera shows, which the
   model uses to look up that frame's audio window and blink value;
 - `metadata`: the whole audio feature table and the blink track (sent to the model once), the
+  tracked expression landmarks per frame and which frames are for training (the model fits its
+  audio -> expression read-out on those only), eye boxes (eye-region loss), the
   audio extractor description, the background plate path, per-split label maps (`label_paths`,
   `label_kinds`, `label_landmarks`: read them with `dataset.label_map_for`), the pose statistics
   the torso field normalises with, and seed points from the masks.
@@ -134,6 +136,14 @@ class TalkingPortraitDataParser(DataParser):
         seed_xyz, seed_rgb, seed_part = seed_points_from_masks(
             layout, train_frames, 1.0, self.config.num_seed_points, self.config.seed_frames
         )
+        from gstalker_ns.expression.landmarks import ExpressionError, track_for_layout
+
+        try:
+            expression = track_for_layout(layout, num_feature_rows)
+        except ExpressionError as exc:
+            raise L.DatasetError(str(exc)) from None
+        train_rows = sorted({min(f.frame_idx, num_feature_rows - 1) for f in train_frames})
+        eye_boxes = expression.eye_boxes / np.array([layout.width, layout.height] * 2, dtype=np.float32)
         centres = c2w_all[:, :3, 3]
         extent = float(np.abs(centres).max()) * 1.2 + 1.0
         metadata: Dict[str, object] = {
@@ -154,6 +164,13 @@ class TalkingPortraitDataParser(DataParser):
             "points3D_rgb": torch.from_numpy(seed_rgb),
             "points3D_part": torch.from_numpy(seed_part),
             "audio_path": str(layout.path(layout.audio)) if layout.audio else None,
+            # the expression bottleneck: tracked mouth points (world units) per feature row, which
+            # rows are training frames (the only ones the audio->expression read-out may fit on)
+            "expression_points": torch.from_numpy(expression.head_points * np.float32(scale)),
+            "expression_inner_lips": tuple(expression.inner_lips),
+            "expression_point_set": expression.point_set,
+            "eye_boxes": torch.from_numpy(np.nan_to_num(eye_boxes, nan=-1.0)),
+            "train_rows": torch.tensor(train_rows, dtype=torch.long),
         }
         return DataparserOutputs(
             image_filenames=[layout.path(f.file_path) for f in chosen],

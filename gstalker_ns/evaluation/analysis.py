@@ -43,6 +43,9 @@ DEFINITIONS = {
     "points, times 512 / frame height (pixels at 512). Mean over those frames; frames without a face are counted.",
     "mouth_opening": "Face mesh inner-lip gap (points 13-14) / outer eye-corner distance (33-263); 0 = closed. "
     "The correlation is Pearson's over frames with a face in both.",
+    "blink_correlation": "Face mesh eye aspect ratio (mean of both eyes, 6 points each) of the render against the "
+    "ground truth's, Pearson over frames with a face in both; unavailable when the ground truth does not blink in "
+    "those frames (EAR below 0.75 x its 90th percentile), since the EAR then only carries tracking jitter.",
     "mouth_darkness": "Image-based mouth opening without face mesh: share of dark pixels in the ground truth's "
     "dilated lips+mouth label region (gstalker_ns.synth.mouth_measure); meaningful on the synthetic subject.",
     "av_offset": "Lag tau in [-500, +500] ms (1 ms grid) maximising Pearson(mouth opening at frame time t, RMS of the "
@@ -223,9 +226,11 @@ def _method_result(ctx: _Context, name: str, gt_darkness: List[float]) -> Dict[s
             lip["mouth_opening_correlation"],
             f"needs {M.MIN_SERIES_FRAMES}+ frames with a face in both and a varying mouth",
         )
+        summary.set("blink_correlation", lip.get("blink_correlation"), lip.get("blink_reason", ""))
     else:
         summary.set("lmd", None, ctx.mesh_reason or "")
         summary.set("mouth_opening_correlation", None, ctx.mesh_reason or "")
+        summary.set("blink_correlation", None, ctx.mesh_reason or "")
     ctx.set_av(summary, opening)
     render_info = ctx.store.index["methods"][name]
     summary.set("render_ms_median", (render_info.get("render_ms_per_frame") or {}).get("median"), "not timed")

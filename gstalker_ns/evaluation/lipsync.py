@@ -37,16 +37,43 @@ class MouthTrack:
     detected: np.ndarray  # [N] bool
     opening: np.ndarray  # [N] inner-lip distance (scale-free), NaN where no face
     height: int
+    eye_aspect: Optional[np.ndarray] = None  # [N] eye aspect ratio (both eyes), NaN where no face
 
 
 def track_mouth(frames: Iterable[np.ndarray], num_frames: Optional[int] = None, progress: bool = False) -> MouthTrack:
     """Face mesh over RGB uint8 frames in order (see the module docstring)."""
-    from gstalker_ns.preprocess.landmarks import inner_lip_distance, track_landmarks
+    from gstalker_ns.preprocess.landmarks import eye_aspect_ratio, inner_lip_distance, track_landmarks
 
     track = track_landmarks(frames, num_frames=num_frames, progress=progress)
     return MouthTrack(
-        points=track.points, detected=track.detected.copy(), opening=inner_lip_distance(track.points), height=track.height
+        points=track.points,
+        detected=track.detected.copy(),
+        opening=inner_lip_distance(track.points),
+        height=track.height,
+        eye_aspect=eye_aspect_ratio(track.points),
     )
+
+
+BLINK_EAR_FRACTION = 0.75  # a blink: EAR below this share of the sequence's open-eye (90th percentile) level
+
+
+def blink_agreement(gt: MouthTrack, render: MouthTrack) -> Dict:
+    """Correlation of the rendered eye aspect ratio with the ground truth's, or why there is none
+    (no blink in the ground truth: the EAR then only carries tracking jitter)."""
+    both = gt.detected & render.detected & np.isfinite(gt.eye_aspect) & np.isfinite(render.eye_aspect)
+    out: Dict = {"blink_frames_gt": 0, "blink_correlation": None, "blink_reason": ""}
+    if both.sum() < MIN_SERIES_FRAMES:
+        out["blink_reason"] = f"needs {MIN_SERIES_FRAMES}+ frames with a face in both"
+        return out
+    ear = gt.eye_aspect[both]
+    blinking = ear < BLINK_EAR_FRACTION * np.percentile(ear, 90)
+    out["blink_frames_gt"] = int(blinking.sum())
+    if not blinking.any():
+        out["blink_reason"] = "the ground truth does not blink in these frames"
+        return out
+    corr = pearson(render.eye_aspect[both], ear)
+    out["blink_correlation"] = corr if np.isfinite(corr) else None
+    return out
 
 
 def compare_mouths(gt: MouthTrack, render: MouthTrack) -> Dict:
@@ -66,4 +93,6 @@ def compare_mouths(gt: MouthTrack, render: MouthTrack) -> Dict:
     ok = both & np.isfinite(gt.opening) & np.isfinite(render.opening)
     corr = pearson(render.opening[ok], gt.opening[ok]) if ok.sum() >= MIN_SERIES_FRAMES else float("nan")
     out["mouth_opening_correlation"] = corr if np.isfinite(corr) else None
+    if gt.eye_aspect is not None and render.eye_aspect is not None:
+        out.update(blink_agreement(gt, render))
     return out

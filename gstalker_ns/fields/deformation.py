@@ -1,8 +1,9 @@
 """Deformation fields that move the canonical Gaussians per frame (GSTalker stage 2).
 
-Head: hash tri-plane features of the canonical position, the frame's smoothed audio code and the
-eye-blink value go through a small MLP that predicts position, rotation and log-scale offsets.
-Torso: the same with the head pose in place of audio and blink.
+Head: hash tri-plane features of the canonical position, the frame's expression code (tracked
+mouth landmarks in training, predicted from the audio when driven by speech: see
+gstalker_ns.expression) and the eye-blink value go through a small MLP that predicts position,
+rotation and log-scale offsets. Torso: the same with the head pose in place of expression and blink.
 
 Choices, and why:
 - The output layer starts at ~1e-5, so a fresh field returns ~zero offsets and stage 2 starts
@@ -11,8 +12,8 @@ Choices, and why:
   cannot be flung away by one bad step) and independent of the scene's scale. Log-scale offsets
   are bounded likewise by `max_scale_offset`; quaternion offsets are left free (gsplat
   normalises the quaternion after the offset is added).
-- Region attention (ER-NeRF, TalkingGaussian): the audio code is multiplied channel-wise by an
-  attention predicted from the position features, and the blink value by a sigmoid gate, so
+- Region attention (ER-NeRF, TalkingGaussian): the expression code is multiplied channel-wise by
+  an attention predicted from the position features, and the blink value by a sigmoid gate, so
   regions away from the mouth / eyes can learn to ignore them.
 - `detach_xyz=True` by default: the grids see the canonical positions without gradient, as in
   Deformable-3DGS (`deform.step(xyz.detach(), t)`); TalkingGaussian does not detach. The
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 
 from .hash_triplane import HashTriplane
 
-__all__ = ["DeformationOutput", "apply_deformation", "AudioDeformationField", "PoseDeformationField"]
+__all__ = ["DeformationOutput", "apply_deformation", "ExpressionDeformationField", "PoseDeformationField"]
 
 _OUT_XYZ, _OUT_QUAT, _OUT_SCALE = 3, 4, 3
 
@@ -138,8 +139,8 @@ class _GridDeformationField(nn.Module):
         return DeformationOutput(d_xyz=d_xyz, d_quat=d_quat, d_scale=d_scale)
 
 
-class AudioDeformationField(_GridDeformationField):
-    """Head motion: tri-plane(x) ++ attended audio code ++ gated blink -> MLP -> offsets.
+class ExpressionDeformationField(_GridDeformationField):
+    """Head motion: tri-plane(x) ++ attended expression code ++ gated blink -> MLP -> offsets.
 
     num_layers counts the hidden layers of the offset MLP (each `hidden_dim` wide).
     max_offset is the bound of |d_xyz| per axis as a fraction of the aabb's largest side.
@@ -148,7 +149,7 @@ class AudioDeformationField(_GridDeformationField):
     def __init__(
         self,
         aabb: Tensor,
-        audio_dim: int = 32,
+        expression_dim: int = 8,
         num_levels: int = 12,
         features_per_level: int = 2,
         log2_hashmap_size: int = 16,
@@ -164,7 +165,7 @@ class AudioDeformationField(_GridDeformationField):
     ) -> None:
         super().__init__(
             aabb,
-            audio_dim + 1,
+            expression_dim + 1,
             num_levels,
             features_per_level,
             log2_hashmap_size,
@@ -177,29 +178,29 @@ class AudioDeformationField(_GridDeformationField):
             max_scale_offset,
             detach_xyz,
         )
-        self.audio_dim = audio_dim
+        self.expression_dim = expression_dim
         self.region_attention = region_attention
         if region_attention:
-            # ER-NeRF sizes: audio attention MLP(in, audio_dim, 64, 2) unbounded; eye MLP(in, 1, 16, 2) + sigmoid.
-            self.audio_attention = _mlp(self.encoding.out_dim, 64, 1, audio_dim)
+            # ER-NeRF sizes: audio attention MLP(in, dim, 64, 2) unbounded; eye MLP(in, 1, 16, 2) + sigmoid.
+            self.expression_attention = _mlp(self.encoding.out_dim, 64, 1, expression_dim)
             self.blink_attention = _mlp(self.encoding.out_dim, 16, 1, 1)
 
     def forward(
-        self, xyz: Tensor, audio_code: Tensor, blink: Tensor | float, encoded: Optional[Tensor] = None
+        self, xyz: Tensor, expression: Tensor, blink: Tensor | float, encoded: Optional[Tensor] = None
     ) -> DeformationOutput:
-        """xyz [N, 3]; audio_code [A] or [1, A] (one frame); blink: scalar, [1] or [1, 1].
+        """xyz [N, 3]; expression [E] or [1, E] (one frame); blink: scalar, [1] or [1, 1].
 
         `encoded` may pass `encode_xyz(xyz)` computed earlier: at inference the canonical
         positions do not change between frames, so the hash-grid lookup need not be repeated.
         """
         enc_x = self.encode_xyz(xyz) if encoded is None else encoded
         n = enc_x.shape[0]
-        audio = _as_row(audio_code, self.audio_dim, "audio_code", enc_x).expand(n, -1)
+        code = _as_row(expression, self.expression_dim, "expression", enc_x).expand(n, -1)
         eye = _as_row(blink, 1, "blink", enc_x).expand(n, -1)
         if self.region_attention:
-            audio = audio * self.audio_attention(enc_x)
+            code = code * self.expression_attention(enc_x)
             eye = eye * torch.sigmoid(self.blink_attention(enc_x))
-        return self.decode(torch.cat([enc_x, audio, eye], dim=-1))
+        return self.decode(torch.cat([enc_x, code, eye], dim=-1))
 
 
 class PoseDeformationField(_GridDeformationField):
@@ -255,7 +256,7 @@ class PoseDeformationField(_GridDeformationField):
         return torch.cat([p, torch.sin(angles), torch.cos(angles)], dim=-1)
 
     def forward(self, xyz: Tensor, pose: Tensor, encoded: Optional[Tensor] = None) -> DeformationOutput:
-        """xyz [N, 3]; pose [P] (one frame) -> offsets. `encoded`: as in AudioDeformationField."""
+        """xyz [N, 3]; pose [P] (one frame) -> offsets. `encoded`: as in ExpressionDeformationField."""
         enc_x = self.encode_xyz(xyz) if encoded is None else encoded
         cond = self.encode_pose(pose).to(enc_x.device).expand(enc_x.shape[0], -1)
         return self.decode(torch.cat([enc_x, cond], dim=-1))

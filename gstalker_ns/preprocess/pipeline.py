@@ -23,7 +23,7 @@ from gstalker_ns.errors import GstalkerUserError
 from gstalker_ns.progress import progress_bar
 
 CACHE_DIR = ".gstalker-cache"
-OUR_FILES = ("frames", "masks", "previews", "background.png", "audio.wav", "audio_features.npy", L.TRANSFORMS_FILE, "process_report.json")
+OUR_FILES = ("frames", "masks", "previews", "background.png", "audio.wav", "audio_features.npy", "face_landmarks.npz", L.TRANSFORMS_FILE, "process_report.json")
 
 
 class ProcessError(GstalkerUserError, ValueError):
@@ -41,6 +41,7 @@ class ProcessSummary:
     messages: List[str] = field(default_factory=list)
     stage_seconds: Dict[str, float] = field(default_factory=dict)
     previews: List[Path] = field(default_factory=list)
+    audio_offset: str = ""
 
     @property
     def real_time_factor(self) -> float:
@@ -95,12 +96,42 @@ def shift_audio(wave: np.ndarray, sample_rate: int, offset_ms: float) -> np.ndar
     return np.concatenate([silence, wave[: len(wave) - shift]])
 
 
+def align_audio(
+    wave: np.ndarray, rate: int, num_frames: int, fps: float, track, valid: np.ndarray, audio_offset_ms: Optional[float]
+):
+    """(features table, the re-aligned wave, offset record): the sound is shifted by the user's
+    `audio_offset_ms`, or by the offset estimated from the clip itself when that is None."""
+    from gstalker_ns.audio.features import default_feature_spec, extract_features, whisper_sequence
+    from gstalker_ns.audio.io import _resample
+    from gstalker_ns.data.dataparser import split_indices
+    from gstalker_ns.preprocess.av_offset import OffsetEstimate, estimate_offset
+
+    spec = default_feature_spec()
+    wave16 = wave if rate == spec.sample_rate else _resample(wave, rate, spec.sample_rate)
+    if audio_offset_ms is None:
+        sequence, feature_rate = whisper_sequence(wave16, spec)
+        # only training frames (the default split's) inform the estimate, and only tracked ones
+        rows = [r for r in split_indices(num_frames, 1.0 / 11.0, "train") if valid[r]]
+        estimate = estimate_offset(sequence, feature_rate, track.head_points, track.inner_lips, rows, fps, spec.window, spec.lookahead)
+        estimate = estimate or OffsetEstimate(0.0, 0.0, "auto (not applied: clip too short to tell)")
+    else:
+        estimate = OffsetEstimate(float(audio_offset_ms), float(audio_offset_ms), "user")
+    wave = shift_audio(wave, rate, estimate.applied_ms)
+    if estimate.applied_ms == 0.0 and audio_offset_ms is None:
+        from gstalker_ns.audio.features import window_features
+
+        table = window_features(sequence, num_frames, spec.fps, feature_rate, spec.window, spec.lookahead)
+    else:
+        table = extract_features(wave, spec, num_frames=num_frames, wave_sample_rate=rate)
+    return spec, table, wave, estimate
+
+
 def process_video(
-    video: Path, out_dir: Path, size: int = 512, progress: bool = True, audio_offset_ms: float = 0.0
+    video: Path, out_dir: Path, size: int = 512, progress: bool = True, audio_offset_ms: Optional[float] = None
 ) -> ProcessSummary:
     """Run every stage; returns what was written and how long each stage took."""
-    from gstalker_ns.audio.features import AudioFeatureSpec, extract_features
     from gstalker_ns.audio.io import read_wav, write_wav
+    from gstalker_ns.expression.landmarks import EXPRESSION_FILE, face_mesh_track
     from gstalker_ns.preprocess.background import background_plate, write_background
     from gstalker_ns.preprocess.crop import choose_crop
     from gstalker_ns.preprocess.decode import decode_video
@@ -153,10 +184,10 @@ def process_video(
     write_background(out_dir / "background.png", plate)
     t = lap("background", t)
 
+    expression = face_mesh_track(points, z, poses.camera_to_world, poses.focal, poses.cx, poses.cy)
+    expression.save(out_dir / EXPRESSION_FILE)
     wave, rate = read_wav(decoded.audio_path)
-    wave = shift_audio(wave, rate, audio_offset_ms)
-    spec = AudioFeatureSpec()
-    table = extract_features(wave, spec, num_frames=decoded.num_frames, wave_sample_rate=rate)
+    spec, table, wave, offset = align_audio(wave, rate, decoded.num_frames, decoded.fps, expression, track.valid, audio_offset_ms)
     L.atomic_save_npy(out_dir / "audio_features.npy", table)
     write_wav(out_dir / "audio.wav", wave, rate)
     t = lap("audio_features", t)
@@ -202,7 +233,7 @@ def process_video(
                 "per_frame": np.round(poses.reprojection_error, 3).tolist(),
             },
             "frames_without_face": int((~track.valid).sum()),
-            "audio_offset_ms": audio_offset_ms,
+            "audio_offset": offset.to_json(),
             "messages": messages,
             "stage_seconds": times,
         },
@@ -219,7 +250,13 @@ def process_video(
         frames=frames,
         audio_extractor=spec.to_json(),
         head_radius=poses.head_radius,
-        extra={"source": "gstalker-process", "crop": box.to_json(), "video": video.name},
+        extra={
+            "source": "gstalker-process",
+            "crop": box.to_json(),
+            "video": video.name,
+            "expression": EXPRESSION_FILE,
+            "audio_offset": offset.to_json(),
+        },
     )
     total = time.perf_counter() - started
     return ProcessSummary(
@@ -232,6 +269,7 @@ def process_video(
         messages=messages,
         stage_seconds=times,
         previews=previews,
+        audio_offset=f"{offset.applied_ms:+.0f} ms applied ({offset.source}; estimate {offset.offset_ms:+.0f} ms)",
     )
 
 
@@ -262,8 +300,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--audio-offset-ms",
         type=float,
-        default=0.0,
-        help="how far the sound lags the lips in this video, in ms (negative: it leads); the audio is re-aligned",
+        default=None,
+        help="how far the sound lags the lips in this video, in ms (negative: it leads); the audio is re-aligned. "
+        "Default: estimated from the clip (recorded in transforms.json under audio_offset)",
     )
     parser.add_argument("--keep-cache", action="store_true", help="keep OUT/.gstalker-cache (stage outputs) after success")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -283,6 +322,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"gstalker-process: {summary.kept_frames}/{summary.num_frames} frames at {summary.size}x{summary.size} "
         f"in {summary.seconds:.1f} s ({summary.real_time_factor:.1f}x real time) -> {summary.out_dir}"
     )
+    print(f"  audio offset: {summary.audio_offset}")
     for message in summary.messages:
         print(f"  note: {message}")
     print(f"  stages (s): {summary.stage_seconds}")

@@ -359,24 +359,41 @@ def primitive_id(name: str) -> int:
     return PRIMITIVE_NAMES.index(name)
 
 
+def _jaw_front_z(x: float, y: float, mouth_opening: float) -> float:
+    """z of the jaw's front surface at (x, y) when the mouth is this open (the jaw drops)."""
+    cx, cy, cz = JAW_CENTER
+    rx, ry, rz = JAW_RADII
+    cy = cy - JAW_DROP * mouth_opening
+    return cz + rz * math.sqrt(max(0.0, 1 - ((x - cx) / rx) ** 2 - ((y - cy) / ry) ** 2))
+
+
 def head_landmarks(mouth_opening: float = 0.0) -> Dict[str, np.ndarray]:
     """Known surface points in head (world) coordinates, for tests and checks."""
-    def jaw_front_z(x: float, y: float) -> float:
-        cx, cy, cz = JAW_CENTER
-        rx, ry, rz = JAW_RADII
-        cy = cy - JAW_DROP * mouth_opening
-        return cz + rz * math.sqrt(max(0.0, 1 - ((x - cx) / rx) ** 2 - ((y - cy) / ry) ** 2))
-
     gap = MOUTH_MAX_GAP * mouth_opening
     mouth_y = MOUTH_Y - 0.2 * gap
+    chin_y = JAW_CENTER[1] - JAW_RADII[1] * 0.8 - JAW_DROP * mouth_opening
     return {
         "nose_tip": np.asarray(NOSE_TIP_CENTER) + np.array([0.0, 0.0, NOSE_TIP_RADII[2]]),
         "left_eye": np.asarray(EYE_CENTERS[0]) + np.array([0.0, 0.0, EYE_RADIUS]),
         "right_eye": np.asarray(EYE_CENTERS[1]) + np.array([0.0, 0.0, EYE_RADIUS]),
-        "mouth_center": np.array([0.0, mouth_y, jaw_front_z(0.0, mouth_y)]),
-        "chin": np.array([0.0, JAW_CENTER[1] - JAW_RADII[1] * 0.8 - JAW_DROP * mouth_opening,
-                          jaw_front_z(0.0, JAW_CENTER[1] - JAW_RADII[1] * 0.8 - JAW_DROP * mouth_opening)]),
+        "mouth_center": np.array([0.0, mouth_y, _jaw_front_z(0.0, mouth_y, mouth_opening)]),
+        "chin": np.array([0.0, chin_y, _jaw_front_z(0.0, chin_y, mouth_opening)]),
     }
+
+
+EXPRESSION_POINT_NAMES = ("upper_inner_lip", "lower_inner_lip", "chin")
+
+
+def expression_points(mouth_opening: float) -> np.ndarray:
+    """[3, 3] head-frame points that move with speech (:data:`EXPRESSION_POINT_NAMES`): the
+    synthetic subject's exact counterpart of the tracked mouth landmarks of a real clip."""
+    gap = MOUTH_MAX_GAP * mouth_opening
+    points = []
+    for y in (MOUTH_Y + 0.3 * gap, MOUTH_Y - 0.7 * gap):  # the lip edges at the mouth's centre
+        points.append((0.0, y, _jaw_front_z(0.0, y, mouth_opening)))
+    chin = head_landmarks(mouth_opening)["chin"]
+    points.append(tuple(chin))
+    return np.asarray(points, dtype=np.float64)
 
 
 # ---- the renderer -------------------------------------------------------------------------------

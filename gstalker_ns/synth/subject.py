@@ -12,6 +12,7 @@ writes, into ``person/``::
     audio_features.npy   one feature window per frame (default AudioFeatureSpec)
     transforms.json      cameras (head frame as world), intrinsics, frames
     ground_truth.json    per-frame mouth opening, blink, head/neck/torso poses, seed, audio source
+    face_landmarks.npz   the exact expression landmarks (lips, chin) and eye boxes per frame
 
 The same seed gives the same files (on the same device type).
 """
@@ -40,6 +41,7 @@ from gstalker_ns.data.layout import (
     write_transforms,
 )
 from gstalker_ns.errors import GstalkerUserError
+from gstalker_ns.expression.landmarks import EXPRESSION_FILE, ExpressionTrack
 
 GENERATOR_NAME = "gstalker-synth"
 GENERATOR_VERSION = "1.0"
@@ -160,6 +162,22 @@ def _pose_json(R: np.ndarray, t: np.ndarray, with_euler: bool = True) -> Dict[st
     return d
 
 
+def _expression_track(mouth: np.ndarray, camera_to_worlds: List[np.ndarray], K) -> "ExpressionTrack":
+    """The exact expression landmarks (lips, chin) and eye boxes of every frame."""
+    from gstalker_ns.expression.landmarks import ExpressionTrack, world_to_camera
+    from gstalker_ns.synth import head as head_mod
+
+    points = np.stack([head_mod.expression_points(float(m)) for m in mouth])
+    R, t = world_to_camera(np.stack(camera_to_worlds))
+    boxes = np.zeros((len(mouth), 2, 4), dtype=np.float32)
+    for e, centre in enumerate(head_mod.EYE_CENTERS[::-1]):  # image-left eye first, as face mesh
+        cam = np.einsum("nij,j->ni", R, np.asarray(centre)) + t
+        u, v = K.fx * cam[:, 0] / cam[:, 2] + K.cx, K.fy * cam[:, 1] / cam[:, 2] + K.cy
+        half = 1.6 * head_mod.EYE_RADIUS * K.fx / cam[:, 2]
+        boxes[:, e] = np.stack([u - half, v - half, u + half, v + half], axis=-1)
+    return ExpressionTrack(points, boxes, "synthetic", (0, 1))
+
+
 def generate(
     out_dir: Union[str, os.PathLike],
     duration: float = 10.0,
@@ -236,9 +254,10 @@ def generate(
 
     motion = build_motion(seed, num_frames, fps)
 
-    from gstalker_ns.audio.features import AudioFeatureSpec, extract_features
+    from gstalker_ns.audio.features import default_feature_spec, extract_features
 
-    spec = AudioFeatureSpec(fps=fps)
+    spec = default_feature_spec()
+    spec.fps = fps
     features = extract_features(wave, spec, num_frames)
 
     # ---- renderer ----
@@ -372,6 +391,8 @@ def generate(
     }
     atomic_write_json(out / GROUND_TRUTH_FILE, ground_truth)
     files.append(GROUND_TRUTH_FILE)
+    _expression_track(mouth, [e.camera_to_world for e in entries], K).save(out / EXPRESSION_FILE)
+    files.append(EXPRESSION_FILE)
     write_transforms(
         out,
         fps=fps,
@@ -384,7 +405,7 @@ def generate(
         frames=entries,
         audio_extractor=spec.to_json(),
         head_radius=1.0,
-        extra={"source": GENERATOR_NAME, "ground_truth": GROUND_TRUTH_FILE},
+        extra={"source": GENERATOR_NAME, "ground_truth": GROUND_TRUTH_FILE, "expression": EXPRESSION_FILE},
     )
     files.append(TRANSFORMS_FILE)
     return SynthSummary(

@@ -1,0 +1,24 @@
+"""The expression bottleneck: audio -> expression code -> deformation.
+
+- `landmarks`: the tracked mouth/jaw points in the head frame, per frame (and eye boxes);
+- `basis`: PCA of those points over the training frames -> a small expression code;
+- `predictor`: audio feature windows -> expression code (ridge read-out chosen on validation
+  slices of the training frames, temporally smoothed, amplitude-calibrated).
+
+The deformation field trains on the tracked code (with noise, so it tolerates prediction error);
+held-out frames and new audio are rendered from the predicted code. Pure numpy/torch.
+"""
+
+from .basis import ExpressionBasis
+from .landmarks import EXPRESSION_FILE, ExpressionError, ExpressionTrack
+from .predictor import AudioToExpression, FitReport, fit_audio_to_expression
+
+__all__ = [
+    "EXPRESSION_FILE",
+    "AudioToExpression",
+    "ExpressionBasis",
+    "ExpressionError",
+    "ExpressionTrack",
+    "FitReport",
+    "fit_audio_to_expression",
+]
