@@ -183,22 +183,22 @@ def _hidden_features(model, camera_to_world: torch.Tensor, frames: List[int]) ->
     return torch.stack(captured)
 
 
-def _fit_readout(features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> tuple:
-    """Weighted least squares: (u, b) with u . h + b ~= target for every Gaussian and frame
-    (features [frames, Gaussians, hidden]; ridge on standardised columns, for a well-conditioned solve)."""
+def _fit_readout(features: torch.Tensor, targets: torch.Tensor) -> tuple:
+    """Least squares: (u, b) with u . h + b ~= target for every Gaussian and frame (features
+    [frames, Gaussians, hidden]; a tiny ridge on standardised columns keeps the solve well
+    conditioned when the hidden units are fewer than the equations or some are dead)."""
     samples = features.reshape(-1, features.shape[-1])
     y = targets[:, None].expand(-1, features.shape[1]).reshape(-1)
-    w = weights[:, None].expand(-1, features.shape[1]).reshape(-1).sqrt()
     mean, std = samples.mean(0), samples.std(0).clamp_min(1e-12)
-    z = torch.cat([(samples - mean) / std, torch.ones(len(samples), 1, dtype=samples.dtype)], dim=1) * w[:, None]
-    ridge = 1e-8 * float((w**2).sum()) * torch.eye(z.shape[1], dtype=z.dtype)
+    z = torch.cat([(samples - mean) / std, torch.ones(len(samples), 1, dtype=samples.dtype)], dim=1)
+    ridge = 1e-8 * len(z) * torch.eye(z.shape[1], dtype=z.dtype)
     ridge[-1, -1] = 0.0  # the constant is free
-    solution = torch.linalg.solve(z.T @ z + ridge, z.T @ (y * w))
+    solution = torch.linalg.solve(z.T @ z + ridge, z.T @ y)
     u = solution[:-1] / std
     return u, float(solution[-1] - (u * mean).sum())
 
 
-def make_mouth_move(pipeline, clip: Path, opening: np.ndarray, closed: int, opened: int) -> None:
+def make_mouth_move(pipeline, clip: Path, closed: int, opened: int) -> None:
     """Steps 2 (relabel, read-out) on a loaded pipeline, in place."""
     from gstalker_ns.data.seed_points import PART_HEAD, PART_TORSO
 
@@ -214,21 +214,19 @@ def make_mouth_move(pipeline, clip: Path, opening: np.ndarray, closed: int, open
     model.deformation_enabled.fill_(True)
     _drive(model, clip, _dataset_blink(model))
     camera = _plain_camera(pipeline.datamanager.train_dataset.cameras, 0)
-    # The frames the browser test shows must be exact; the clip's other silent and loud frames
-    # (playback) get a lighter weight. Silence is 0, speech 1.
-    silent = [k for k in range(len(opening)) if opening[k] < 0.02 and k != closed]
-    loud = [k for k in range(len(opening)) if opening[k] > 0.6 and k != opened]
-    frames = [closed, opened] + silent + loud
+    # The two frames the browser test shows: silence (0) and the loud vowel (1), exactly. Other
+    # frames of the clip are not fitted: pure silence gives the silent frame's features again
+    # (so the mouth stays shut), the rest of the speech moves the mouth Gaussians by whatever
+    # the read-out gives there.
+    frames = [closed, opened]
     features = _hidden_features(model, camera.camera_to_worlds, frames)
-    targets = torch.tensor([0.0, 1.0] + [0.0] * len(silent) + [1.0] * len(loud), dtype=torch.float64)
-    weights = torch.tensor([1.0, 1.0] + [0.01] * (len(silent) + len(loud)), dtype=torch.float64)
-    u, b = _fit_readout(features, targets, weights)
-    fitted = features @ u + b  # [frames, Gaussians]
-    error = (fitted - targets[:, None]).abs().amax(dim=1)
-    print(f"mouth fixture: read-out error {error[0]:.3f} (closed), {error[1]:.3f} (open), {error[2:].max():.3f} (other frames)")
-    if error[:2].max() > 0.1:
+    targets = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    u, b = _fit_readout(features, targets)
+    error = (features @ u + b - targets[:, None]).abs().amax(dim=1)  # [frames]: worst Gaussian
+    print(f"mouth fixture: read-out error {error[0]:.4f} (silent frame), {error[1]:.4f} (loud frame)")
+    if error.max() > 0.1:
         raise MouthFixtureError(
-            f"the read-out does not tell frame {closed} (silent) from {opened} (loud): errors {error[:2].tolist()}"
+            f"the read-out does not tell frame {closed} (silent) from {opened} (loud): errors {error.tolist()}"
         )
     field = model.head_field
     extent = float((field.aabb[1] - field.aabb[0]).max())
@@ -277,7 +275,7 @@ def build_mouth_fixture(root: Path) -> MouthFixture:
     config = _train(subject, root / "outputs")
     with _one_thread():
         pipeline, run_config, checkpoint, _ = load_trained_pipeline(config, device="cpu")
-        make_mouth_move(pipeline, clip, opening, closed, opened)
+        make_mouth_move(pipeline, clip, closed, opened)
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         new = {k: v.detach().clone() for k, v in pipeline.state_dict().items()}
         if set(new) != set(state["pipeline"]):

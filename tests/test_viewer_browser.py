@@ -266,12 +266,14 @@ def _view_of_frame(page, renders: Path, source: str, frame: int, since: float, n
             pytest.fail(f"the viewer sent no full-res image of {source} frame {frame} in {timeout:.0f} s; last sent: {last}")
         time.sleep(0.2)
     sent = last["t"]
-    # It is queued for the tab: wait until the tab shows the same thing twice, 0.5 s apart.
-    previous = _view(page)
-    for _ in range(60):
+    # It is queued for the tab (nothing is sent after it while nothing changes): wait until the
+    # tab has shown the same picture for 1.5 s.
+    previous, unchanged = _view(page), 0
+    for _ in range(120):
         time.sleep(0.5)
         current = _view(page)
-        if np.array_equal(current, previous):
+        unchanged = unchanged + 1 if np.array_equal(current, previous) else 0
+        if unchanged == 3:
             break
         previous = current
     later = [r for r in viewer_probe.read_log(renders) if r["t"] > sent]
