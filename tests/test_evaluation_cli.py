@@ -23,6 +23,7 @@ BIN = Path(sys.executable).parent
 SUMMARY_KEYS = {
     "psnr", "ssim", "lpips", "face_psnr", "face_ssim", "face_lpips", "lmd", "mouth_opening_correlation",
     "mouth_darkness_correlation", "av_offset_ms", "av_offset_correlation", "av_correlation_at_zero", "render_ms_median",
+    "blink_correlation",
 }  # fmt: skip
 
 pytest.importorskip("mediapipe")
