@@ -1,8 +1,8 @@
 """A tiny checkpoint whose mouth opens on loud audio and stays shut in silence, by construction.
 
 The browser test needs a render that changes with the audio. A tiny model trained for a few
-hundred CPU steps learns that only sometimes (its audio code barely varies yet), and a test that
-hopes for it fails on some machines. So the checkpoint is built:
+hundred CPU steps learns that only sometimes, and a test that hopes for it fails on some
+machines. So the checkpoint is built:
 
 1. a deterministic short run: the synthetic subject with its procedural voice (the same on every
    machine, espeak-ng or not), `ns-train` with the CI preset, fixed seed, one thread;
@@ -10,10 +10,15 @@ hopes for it fails on some machines. So the checkpoint is built:
    stay head Gaussians, every other head Gaussian becomes a torso Gaussian (the run has no torso
    field, so those stay where they are whatever the audio); then only the head deformation
    field's output layer is replaced, by a least-squares read-out of its last hidden features
-   that is 0 on the silent frames of the clip and 1 on its loud frames, times a gain that moves
-   the mouth Gaussians down in the view by a 0.3 head radius. Nothing here depends on
-   how the field turns audio into its condition vector: the read-out is fitted to whatever the
-   hidden features are;
+   that is 0 on the clip's silent frame and 1 on its loud frame (the two the browser test
+   shows), times a gain that moves the mouth Gaussians down in the view by 0.3 head radius. The
+   clip drives the model exactly as the viewer's Audio tab drives it with the uploaded file (the
+   same features and automatic blinks). Nothing here depends on how the field turns audio into
+   its condition vector: the read-out is fitted to whatever the hidden features are (in a barely
+   trained field they differ little between the two frames, so the gain is large, but it is
+   deterministic). Pure silence (eyes as in that frame) gives the silent frame's features again,
+   so the mouth stays shut there; the other speech frames are not fitted (during playback the mouth Gaussians move
+   by whatever the read-out gives there);
 3. the checkpoint is saved where `ns-train` saved it, a normal nerfstudio checkpoint that
    `ns-viewer --load-config` loads;
 4. then checked by behaviour, with the checkpoint loaded again from disk: the renders of a silent
@@ -215,9 +220,9 @@ def make_mouth_move(pipeline, clip: Path, closed: int, opened: int) -> None:
     _drive(model, clip, _dataset_blink(model))
     camera = _plain_camera(pipeline.datamanager.train_dataset.cameras, 0)
     # The two frames the browser test shows: silence (0) and the loud vowel (1), exactly. Other
-    # frames of the clip are not fitted: pure silence gives the silent frame's features again
-    # (so the mouth stays shut), the rest of the speech moves the mouth Gaussians by whatever
-    # the read-out gives there.
+    # frames of the clip are not fitted: pure silence (eyes as in the silent frame) gives the
+    # silent frame's features again (so the mouth stays shut), the rest of the speech moves the
+    # mouth Gaussians by whatever the read-out gives there.
     frames = [closed, opened]
     features = _hidden_features(model, camera.camera_to_worlds, frames)
     targets = torch.tensor([0.0, 1.0], dtype=torch.float64)
