@@ -55,6 +55,8 @@ PART_BYTES = 15 * 2**20
 
 
 def prepare(work: Path, pack_dir: Path, synth_seconds: float) -> None:
+    """Subjects go to pack_dir/real (both clips) and pack_dir/synth: each fits one call's
+    transfer cap next to the GPU kit (33 MiB); together they would not."""
     from gstalker_ns import _compat
 
     _compat.apply_all()
@@ -79,11 +81,12 @@ def prepare(work: Path, pack_dir: Path, synth_seconds: float) -> None:
     spec = default_feature_spec()
     waves = {"whisper_jfk": load_audio(REAL / JFK), **{n: load_audio(folders[n] / "audio.wav") for n in CLIPS}}
     for name, folder in folders.items():
-        pack(folder, pack_dir / name)
+        target = pack_dir / ("synth" if name == SYNTH else "real") / name
+        pack(folder, target, crf=15, half_features=True)
         for driver in DRIVERS[name]:
             wave = waves[driver][: int(DRIVE_SECONDS * 16000)]
             table = extract_features(wave, spec, int(round(len(wave) / 16000 * FPS)))
-            np.save(pack_dir / name / f"drive_{driver}.npy", table.astype(np.float16))
+            np.save(target / f"drive_{driver}.npy", table.astype(np.float16))
     size = sum(p.stat().st_size for p in pack_dir.rglob("*") if p.is_file())
     print(f"[prepare] packed {len(folders)} subjects into {pack_dir}: {size / 2**20:.1f} MiB", flush=True)
 
@@ -91,15 +94,16 @@ def prepare(work: Path, pack_dir: Path, synth_seconds: float) -> None:
 # ------------------------------------------------------------------------------------------ gpu
 
 
-def _train_all(subjects: Dict[str, Path], work: Path, budget: float, steps: int, extra: List[str]) -> Dict[str, Dict]:
+def _train_all(subjects: Dict[str, Path], work: Path, budget: float, steps: int, extra: List[str], baseline: bool) -> Dict[str, Dict]:
     from gpu_train_eval import train
 
-    jobs = [(name, method) for name in subjects for method in ("gstalker", "splatfacto")]
+    methods = ("gstalker", "splatfacto") if baseline else ("gstalker",)
+    jobs = [(name, method) for name in subjects for method in methods]
 
     def one(job):
         name, method = job
         args = extra if method == "gstalker" else []
-        return job, train(method, subjects[name], work / "runs" / name, steps, budget, min(2000, steps), args)
+        return job, train(method, subjects[name], work / "runs" / name, steps, budget, min(1000, steps), args)
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         return {f"{name}/{method}": info for (name, method), info in pool.map(one, jobs)}
@@ -141,7 +145,7 @@ def _cross_driven(config: Path, data: Path, ret: Path, name: str) -> Dict:
     return info
 
 
-def gpu(data: Path, work: Path, out: Path, budget: float, steps: int = 10000, extra: List[str] = ()) -> None:
+def gpu(data: Path, work: Path, out: Path, budget: float, steps: int = 10000, extra: List[str] = (), baseline: bool = True) -> None:
     from gstalker_ns import _compat
 
     _compat.apply_all()
@@ -156,15 +160,16 @@ def gpu(data: Path, work: Path, out: Path, budget: float, steps: int = 10000, ex
         if not (subjects[packed.name] / "transforms.json").exists():
             unpack(packed, subjects[packed.name])
     print(f"[gpu] unpacked {list(subjects)} in {time.perf_counter() - started:.0f} s", flush=True)
-    runs = _train_all(subjects, work, budget, steps, list(extra))
+    runs = _train_all(subjects, work, budget, steps, list(extra), baseline)
     print(f"[gpu] trained: {json.dumps(runs)}", flush=True)
     ret = work / "ret"
     ret.mkdir(parents=True, exist_ok=True)
     summary = {"runs": runs, "cross_driven": {}}
     for name in subjects:
-        gst, spl = runs[f"{name}/gstalker"]["config"], runs[f"{name}/splatfacto"]["config"]
+        gst = runs[f"{name}/gstalker"]["config"]
         ev = work / "eval" / name
-        code = gstalker_eval(["--load-config", gst, "--baseline-config", spl, "--output-dir", str(ev), "--quiet"])
+        base = ["--baseline", "splatfacto", "--baseline-config", runs[f"{name}/splatfacto"]["config"]] if baseline else []
+        code = gstalker_eval(["--load-config", gst, *base, "--output-dir", str(ev), "--quiet"])
         if code == 0:
             pack_eval(ev, ret / f"{name}_eval", quality=85)
         summary["cross_driven"][name] = _cross_driven(Path(gst), data / name, ret, name)
@@ -206,7 +211,7 @@ def _spread(x: np.ndarray) -> float:
     return float(np.percentile(x, 90) - np.percentile(x, 10))
 
 
-def analyse(returned: Path, work: Path, out: Path) -> None:
+def analyse(returned: List[Path], work: Path, out: Path) -> None:
     from PIL import Image
 
     from gstalker_ns import _compat
@@ -218,15 +223,18 @@ def analyse(returned: Path, work: Path, out: Path) -> None:
     from pack_eval_frames import merge, unpack
 
     local = work / "returned"
-    if not (local / "ret" / "summary.json").exists():
-        blob = b"".join(p.read_bytes() for p in sorted(returned.glob("lipgen.tar.*")))
+    summary: Dict = {"runs": {}, "cross_driven": {}}
+    for k, folder in enumerate(returned):  # one folder per GPU call; their subjects differ
+        blob = b"".join(p.read_bytes() for p in sorted(folder.glob("lipgen.tar.*")))
         with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-            tar.extractall(local)
+            tar.extractall(local, filter="data")
+        part = json.loads((local / "ret" / "summary.json").read_text())
+        for key in summary:
+            summary[key].update(part[key])
     ret = local / "ret"
-    summary = json.loads((ret / "summary.json").read_text())
-    waves = {"whisper_jfk": load_audio(REAL / JFK), **{n: load_audio(work / n / "audio.wav") for n in CLIPS}}
+    waves = {"whisper_jfk": load_audio(REAL / JFK), **{n: load_audio(work / n / "audio.wav") for n in CLIPS if (work / n).is_dir()}}
     clips: Dict[str, Dict] = {}
-    for name in DRIVERS:
+    for name in summary["cross_driven"]:
         entry: Dict = {"heldout": {}, "cross_driven": {}}
         if (ret / f"{name}_eval").is_dir():
             here = work / "eval" / name
@@ -303,16 +311,17 @@ def main() -> int:
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--budget", type=float, default=420.0, help="seconds each training may take at most")
     g.add_argument("--steps", type=int, default=10000, help="training iterations (the default schedule's)")
-    g.add_argument("--extra", nargs="*", default=[], help="extra ns-train arguments for gstalker (smoke tests only)")
+    g.add_argument("--no-baseline", action="store_true", help="skip splatfacto (it needs CUDA; smoke tests on CPU)")
+    g.add_argument("--extra", default="", help="extra ns-train arguments for gstalker, one string (smoke tests only)")
     a = sub.add_parser("analyse")
-    a.add_argument("--returned", type=Path, required=True)
+    a.add_argument("--returned", type=Path, nargs="+", required=True, help="the files_at folder of each GPU call")
     a.add_argument("--work", type=Path, default=Path("/tmp/lipgen"))
     a.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "lipsync_generalization.json")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.work, args.pack, args.synth_seconds)
     elif args.step == "gpu":
-        gpu(args.data, args.work, args.out, args.budget, args.steps, args.extra)
+        gpu(args.data, args.work, args.out, args.budget, args.steps, args.extra.split(), not args.no_baseline)
     else:
         analyse(args.returned, args.work, args.out)
     return 0

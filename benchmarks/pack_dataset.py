@@ -4,8 +4,9 @@
     python benchmarks/pack_dataset.py --unpack .gpu_data/fr /tmp/fr  # there (cv2 + numpy only)
 
 Frames travel as one near-lossless H.264 video (crf 12), label maps as one compressed npz; the
-small files (transforms.json, background.png, audio.wav, audio_features.npy, ground_truth.json)
-travel gzipped (the feature table shrinks about 5x) and are restored byte for byte.
+small files (transforms.json, background.png, audio.wav, audio_features.npy, ground_truth.json,
+face_landmarks.npz) travel gzipped and are restored byte for byte, except that `half_features`
+sends the feature table as float16 (restored as float32, rounded).
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ import numpy as np
 SMALL_FILES = ("transforms.json", "background.png", "audio.wav", "audio_features.npy", "ground_truth.json", "face_landmarks.npz")
 
 
-def pack(src: Path, dst: Path) -> None:
+def _half_features(path: Path) -> bytes:
+    """audio_features.npy as float16 (the Whisper table is 5x larger than the log-mel one)."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.load(path).astype(np.float16))
+    return buffer.getvalue()
+
+
+def pack(src: Path, dst: Path, crf: int = 12, half_features: bool = False) -> None:
     from PIL import Image
 
     from gstalker_ns.media.video import write_mp4
@@ -29,12 +39,15 @@ def pack(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     meta = json.loads((src / "transforms.json").read_text())
     frames = sorted((src / "frames").glob("*.jpg"))
-    write_mp4(dst / "frames.mp4", (np.asarray(Image.open(p).convert("RGB")) for p in frames), fps=25.0, crf=12)
+    write_mp4(dst / "frames.mp4", (np.asarray(Image.open(p).convert("RGB")) for p in frames), fps=25.0, crf=crf)
     labels = np.stack([np.asarray(Image.open(src / "masks" / (p.stem + ".png"))) for p in frames])
     np.savez_compressed(dst / "labels.npz", labels=labels, names=np.array([p.stem for p in frames]))
     for name in SMALL_FILES:
         if (src / name).exists():
-            (dst / f"{name}.gz").write_bytes(gzip.compress((src / name).read_bytes(), compresslevel=9, mtime=0))
+            data = (src / name).read_bytes()
+            if half_features and name == "audio_features.npy":
+                data, name = _half_features(src / name), "audio_features.f16.npy"
+            (dst / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
     print(f"packed {len(frames)} frames of {meta['width']}x{meta['height']} into {dst}")
 
 
@@ -58,6 +71,11 @@ def unpack(src: Path, dst: Path) -> None:
             (dst / name).write_bytes(gzip.decompress((src / f"{name}.gz").read_bytes()))
         elif (src / name).exists():  # packed before the small files were gzipped
             shutil.copy2(src / name, dst / name)
+    if (src / "audio_features.f16.npy.gz").exists():  # packed with half_features: float32 again
+        import io
+
+        table = np.load(io.BytesIO(gzip.decompress((src / "audio_features.f16.npy.gz").read_bytes())))
+        np.save(dst / "audio_features.npy", table.astype(np.float32))
     print(f"unpacked {len(names)} frames into {dst}")
 
 

@@ -96,6 +96,8 @@ class GSTalkerModelConfig(SplatfactoModelConfig):
     """Hash-grid backend: auto (tinycudann on CUDA when importable, else torch), torch or tcnn."""
     torso_field: bool = True
     """Deform torso Gaussians with the pose-conditioned field."""
+    appearance_offsets: bool = True
+    """The head field also changes colour and opacity with the expression (teeth, mouth cavity)."""
     # --- Losses
     mouth_loss_weight: float = 1.0
     """Extra L1 weight on the lips and mouth interior."""
@@ -117,10 +119,15 @@ def mouth_mask(labels: torch.Tensor) -> torch.Tensor:
 
 def _scatter(into: DeformationOutput, indices: torch.Tensor, part: DeformationOutput) -> DeformationOutput:
     """Place one part's offsets at its Gaussians' indices (differentiable, out of place)."""
+    def put(base: Optional[torch.Tensor], values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return base if values is None else base.index_put((indices,), values)
+
     return DeformationOutput(
         d_xyz=into.d_xyz.index_put((indices,), part.d_xyz),
         d_quat=into.d_quat.index_put((indices,), part.d_quat),
         d_scale=into.d_scale.index_put((indices,), part.d_scale),
+        d_color=put(into.d_color, part.d_color),
+        d_opacity=put(into.d_opacity, part.d_opacity),
     )
 
 
@@ -284,7 +291,9 @@ class GSTalkerModel(SplatfactoModel):
             implementation=self.config.grid_implementation,
         )
         expression_dim = int(self.expression_table.shape[1])
-        self.head_field = ExpressionDeformationField(box(xyz[part == PART_HEAD]), expression_dim=expression_dim, **grid)
+        self.head_field = ExpressionDeformationField(
+            box(xyz[part == PART_HEAD]), expression_dim=expression_dim, appearance=self.config.appearance_offsets, **grid
+        )
         self.torso_field = (
             PoseDeformationField(box(xyz[part == PART_TORSO]), pose_dim=9, **grid) if self.config.torso_field else None
         )
@@ -499,6 +508,7 @@ class GSTalkerModel(SplatfactoModel):
         frame_idx = self._frame_index(camera)
         self._last_frame_idx = frame_idx
         means, quats, scales = self.deformed_gaussians(camera_to_world, frame_idx)
+        deformation = self._last_deformation
 
         scale_factor = self._get_downscale_factor()
         camera.rescale_output_resolution(1 / scale_factor)
@@ -508,7 +518,10 @@ class GSTalkerModel(SplatfactoModel):
         self.last_size = (H, W)
         camera.rescale_output_resolution(scale_factor)
 
-        colors = torch.cat((self.features_dc[:, None, :], self.features_rest), dim=1)
+        features_dc, opacities = self.features_dc, self.opacities
+        if deformation is not None and deformation.d_color is not None:  # the head field's appearance change
+            features_dc, opacities = features_dc + deformation.d_color, opacities + deformation.d_opacity
+        colors = torch.cat((features_dc[:, None, :], self.features_rest), dim=1)
         if self.config.sh_degree > 0:
             sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
         else:
@@ -521,7 +534,7 @@ class GSTalkerModel(SplatfactoModel):
             means=means,
             quats=quats,
             scales=torch.exp(scales),
-            opacities=torch.sigmoid(self.opacities).squeeze(-1),
+            opacities=torch.sigmoid(opacities).squeeze(-1),
             colors=colors,
             viewmats=viewmat,
             Ks=K,
@@ -577,6 +590,8 @@ class GSTalkerModel(SplatfactoModel):
             scale = self.head_radius
             reg = (deformation.d_xyz / scale).square().mean() + deformation.d_scale.square().mean()
             reg = reg + deformation.d_quat.square().mean()
+            if deformation.d_color is not None:
+                reg = reg + 0.1 * (deformation.d_color.square().mean() + deformation.d_opacity.square().mean())
             loss["offset_reg"] = self.config.offset_reg_weight * reg
         return loss
 

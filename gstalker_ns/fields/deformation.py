@@ -8,6 +8,9 @@ rotation and log-scale offsets. Torso: the same with the head pose in place of e
 Choices, and why:
 - The output layer starts at ~1e-5, so a fresh field returns ~zero offsets and stage 2 starts
   from the static stage-1 Gaussians, learning only residual motion.
+- The head field also offsets colour and opacity (`appearance`): a mouth that opens shows teeth
+  and a dark cavity that a static set of Gaussians only moved around cannot produce (GaussianTalker
+  and TalkingGaussian predict appearance changes, or a separate mouth branch, for the same reason).
 - Position offsets are `max_offset * tanh(.)` times the aabb's largest side: bounded (a Gaussian
   cannot be flung away by one bad step) and independent of the scene's scale. Log-scale offsets
   are bounded likewise by `max_scale_offset`; quaternion offsets are left free (gsplat
@@ -36,6 +39,9 @@ from .hash_triplane import HashTriplane
 __all__ = ["DeformationOutput", "apply_deformation", "ExpressionDeformationField", "PoseDeformationField"]
 
 _OUT_XYZ, _OUT_QUAT, _OUT_SCALE = 3, 4, 3
+_OUT_COLOR, _OUT_OPACITY = 3, 1
+MAX_COLOR_OFFSET = 2.0  # in the colour's stored units (SH DC coefficient or logit): about +-0.55 of 8-bit range
+MAX_OPACITY_OFFSET = 6.0  # logit units: enough to hide or reveal a Gaussian
 
 
 @dataclass
@@ -45,12 +51,14 @@ class DeformationOutput:
     d_xyz: Tensor  # [N, 3] position offsets, world units
     d_quat: Tensor  # [N, 4] added to the (unnormalised) canonical quaternion
     d_scale: Tensor  # [N, 3] added to the canonical log-scales
+    d_color: Optional[Tensor] = None  # [N, 3] added to the base colour (SH DC / logit), if predicted
+    d_opacity: Optional[Tensor] = None  # [N, 1] added to the opacity logit, if predicted
 
     @classmethod
     def zeros(cls, num: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "DeformationOutput":
         """No motion (e.g. for stage 1, or Gaussians no field covers)."""
         z = lambda d: torch.zeros(num, d, device=device, dtype=dtype)  # noqa: E731
-        return cls(z(_OUT_XYZ), z(_OUT_QUAT), z(_OUT_SCALE))
+        return cls(z(_OUT_XYZ), z(_OUT_QUAT), z(_OUT_SCALE), z(_OUT_COLOR), z(_OUT_OPACITY))
 
 
 def apply_deformation(
@@ -97,6 +105,7 @@ class _GridDeformationField(nn.Module):
         max_offset: float,
         max_scale_offset: float,
         detach_xyz: bool,
+        appearance: bool = False,
     ) -> None:
         super().__init__()
         self.register_buffer("aabb", torch.zeros(2, 3))
@@ -107,7 +116,9 @@ class _GridDeformationField(nn.Module):
         self.max_offset = max_offset
         self.max_scale_offset = max_scale_offset
         self.detach_xyz = detach_xyz
-        self.head = _mlp(self.encoding.out_dim + cond_dim, hidden_dim, num_layers, _OUT_XYZ + _OUT_QUAT + _OUT_SCALE)
+        self.appearance = appearance
+        outputs = _OUT_XYZ + _OUT_QUAT + _OUT_SCALE + (_OUT_COLOR + _OUT_OPACITY if appearance else 0)
+        self.head = _mlp(self.encoding.out_dim + cond_dim, hidden_dim, num_layers, outputs)
         last = self.head[-1]
         assert isinstance(last, nn.Linear)
         nn.init.uniform_(last.weight, -1e-5, 1e-5)
@@ -135,8 +146,13 @@ class _GridDeformationField(nn.Module):
         extent = (self.aabb[1] - self.aabb[0]).max()
         d_xyz = torch.tanh(raw[:, :_OUT_XYZ]) * (self.max_offset * extent)
         d_quat = raw[:, _OUT_XYZ : _OUT_XYZ + _OUT_QUAT]
-        d_scale = torch.tanh(raw[:, _OUT_XYZ + _OUT_QUAT :]) * self.max_scale_offset
-        return DeformationOutput(d_xyz=d_xyz, d_quat=d_quat, d_scale=d_scale)
+        geometry = _OUT_XYZ + _OUT_QUAT + _OUT_SCALE
+        d_scale = torch.tanh(raw[:, _OUT_XYZ + _OUT_QUAT : geometry]) * self.max_scale_offset
+        if not self.appearance:
+            return DeformationOutput(d_xyz=d_xyz, d_quat=d_quat, d_scale=d_scale)
+        d_color = torch.tanh(raw[:, geometry : geometry + _OUT_COLOR]) * MAX_COLOR_OFFSET
+        d_opacity = torch.tanh(raw[:, geometry + _OUT_COLOR :]) * MAX_OPACITY_OFFSET
+        return DeformationOutput(d_xyz=d_xyz, d_quat=d_quat, d_scale=d_scale, d_color=d_color, d_opacity=d_opacity)
 
 
 class ExpressionDeformationField(_GridDeformationField):
@@ -162,6 +178,7 @@ class ExpressionDeformationField(_GridDeformationField):
         max_scale_offset: float = 1.0,
         detach_xyz: bool = True,
         region_attention: bool = True,
+        appearance: bool = True,
     ) -> None:
         super().__init__(
             aabb,
@@ -177,6 +194,7 @@ class ExpressionDeformationField(_GridDeformationField):
             max_offset,
             max_scale_offset,
             detach_xyz,
+            appearance,
         )
         self.expression_dim = expression_dim
         self.region_attention = region_attention
