@@ -1,9 +1,10 @@
-"""Held-out evaluation of a trained checkpoint: image metrics and mouth-opening agreement.
+"""Held-out evaluation of a trained checkpoint: image metrics and mouth-darkness agreement.
 
-Used by `gstalker-demo` and the benchmarks (a quick in-process score). `gstalker-eval` measures
-more (face crop, LPIPS, lip sync, a baseline) from frames it saves: see gstalker_ns.evaluation.
-The mouth measure is one image-based measure applied to rendered and ground-truth frames alike
-(see gstalker_ns.synth.mouth_measure), inside the ground-truth frame's mouth region.
+Used by the benchmarks (a quick in-process score). `gstalker-eval` measures more (face crop,
+LPIPS, face-mesh lip sync, a baseline) from frames it saves: see gstalker_ns.evaluation. The
+mouth measure here is gstalker-eval's `mouth_darkness` (gstalker_ns.synth.mouth_measure: the dark
+share of the ground-truth frame's mouth region, applied to rendered and true frames alike), under
+the same name, so it is never confused with the face-mesh `mouth_opening_correlation`.
 """
 
 from __future__ import annotations
@@ -31,15 +32,23 @@ class HeldOutResult:
     mouth_gt: List[float] = field(default_factory=list)
     seconds_per_frame: float = 0.0
 
-    def summary(self) -> Dict[str, float]:
-        out = {
+    def summary(self) -> Dict[str, object]:
+        """Means over frames; a number that cannot be computed is None, with its reason under
+        `unavailable` (never NaN)."""
+        out: Dict[str, object] = {
             "num_frames": len(self.frame_idx),
-            "psnr": float(np.mean(self.psnr)) if self.psnr else float("nan"),
-            "ssim": float(np.mean(self.ssim)) if self.ssim else float("nan"),
+            "psnr": float(np.mean(self.psnr)) if self.psnr else None,
+            "ssim": float(np.mean(self.ssim)) if self.ssim else None,
             "seconds_per_frame": self.seconds_per_frame,
         }
-        if len(self.mouth_gt) >= 3:
-            out["mouth_opening_correlation"] = pearson(self.mouth_render, self.mouth_gt)
+        unavailable = {}
+        corr = pearson(self.mouth_render, self.mouth_gt) if len(self.mouth_gt) >= 3 else float("nan")
+        out["mouth_darkness_correlation"] = corr if np.isfinite(corr) else None
+        if out["mouth_darkness_correlation"] is None:
+            unavailable["mouth_darkness_correlation"] = "needs 3+ held-out frames with a mouth region and a varying measure"
+        if not self.frame_idx:
+            unavailable["psnr"] = unavailable["ssim"] = "no held-out frames"
+        out["unavailable"] = unavailable
         return out
 
 
