@@ -42,7 +42,7 @@ from gstalker_ns import _compat
 from gstalker_ns.data.dataparser import pose_codes
 from gstalker_ns.data.layout import LABEL_LIPS
 from gstalker_ns.data.seed_points import PART_HEAD, PART_TORSO
-from gstalker_ns.expression import AudioToExpression, ExpressionBasis, fit_audio_to_expression
+from gstalker_ns.expression import ExpressionBasis, fit_audio_to_expression
 from gstalker_ns.fields import DeformationOutput, ExpressionDeformationField, PoseDeformationField, apply_deformation
 from gstalker_ns.splatting import backend_for, rasterize
 from gstalker_ns.strategy import CappedDefaultStrategy

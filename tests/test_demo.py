@@ -41,7 +41,6 @@ def test_demo_writes_metrics_and_a_video_with_sound(tmp_path):
     held_out = metrics["num_frames"]
     assert held_out == 25  # the last quarter of 100 frames
     with av.open(str(tmp_path / "demo" / "results" / "demo.mp4")) as container:
-        video = container.streams.video[0]
         frames = sum(1 for _ in container.decode(video=0))
     with av.open(str(tmp_path / "demo" / "results" / "demo.mp4")) as container:
         audio = container.streams.audio[0]

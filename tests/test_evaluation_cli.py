@@ -237,3 +237,19 @@ def test_console_script(tmp_path):
     )
     assert completed.returncode == 1 and "Traceback" not in completed.stderr
     assert completed.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_also_tracked_renders_the_run_driven_by_the_tracked_expression(tiny_run, tmp_path):
+    """--also-tracked adds the renderer's upper bound as a second method; the run's own setting
+    (audio-driven) is untouched afterwards."""
+    _, config, _ = tiny_run
+    out = tmp_path / "eval"
+    assert main(["--load-config", str(config), "--output-dir", str(out), "--max-frames", "6", "--also-tracked", "--no-video", "-q"]) == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    assert list(payload["methods"]) == ["gstalker", "gstalker_tracked"]
+    assert payload["methods"]["gstalker_tracked"]["expression"] == "tracked"
+    assert payload["methods"]["gstalker"]["expression"] == "audio"
+    index = json.loads((out / "frames" / "index.json").read_text())
+    assert sorted(index["methods"]) == ["gstalker", "gstalker_tracked"]
+    rendered = {m: sorted(p.name for p in (out / "frames" / m).glob("*.png")) for m in index["methods"]}
+    assert rendered["gstalker_tracked"] == rendered["gstalker"] and len(rendered["gstalker"]) >= 5

@@ -136,6 +136,15 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """A compressed .npz, written atomically (readers never see a partial file)."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def write_transforms(
     root: Path,
     *,

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames with a face (in seconds) needed for an audio-visual offset (default 4; shorter stretches "
         "of real clips gave offsets off by hundreds of ms)",
     )
+    parser.add_argument(
+        "--also-tracked",
+        action="store_true",
+        help="also render the run driven by the clip's tracked expression instead of the audio (method 'gstalker_tracked'): "
+        "how much of the lip-sync gap is the audio prediction and how much the renderer",
+    )
     parser.add_argument("--no-video", action="store_true", help="skip the side-by-side mp4")
     parser.add_argument(
         "--discard-frames",
@@ -155,6 +161,9 @@ def _free_memory() -> None:
         pass
 
 
+TRACKED = "gstalker_tracked"
+
+
 def render_step(args: argparse.Namespace, out_dir: Path):
     """Load the run (and the baseline), render the split into out_dir/frames; returns the store."""
     from gstalker_ns.checkpoint import load_trained_pipeline
@@ -177,11 +186,15 @@ def render_step(args: argparse.Namespace, out_dir: Path):
     _say(args, f"evaluating {len(refs)} frames of the {args.split} split of {args.load_config} (step {step})")
     render_pass.write_ground_truth(store, refs, progress)
     render_pass.store_clip_audio(store, pipeline)
-    render_pass.render_into(
-        store, pipeline, "gstalker", refs,
-        {"method": "gstalker", "config": str(args.load_config), "checkpoint": str(checkpoint), "step": step},
-        progress,
-    )
+    info = {"method": "gstalker", "config": str(args.load_config), "checkpoint": str(checkpoint), "step": step}
+    render_pass.render_into(store, pipeline, "gstalker", refs, {**info, "expression": "audio"}, progress)
+    if args.also_tracked:  # the same run driven by the clip's tracked expression: the renderer's upper bound
+        model_config = pipeline.model.config
+        model_config.eval_expression = "tracked"
+        try:
+            render_pass.render_into(store, pipeline, TRACKED, refs, {**info, "expression": "tracked"}, progress)
+        finally:
+            model_config.eval_expression = "audio"
     dataparser = pipeline.datamanager.config.dataparser
     del pipeline, refs
     _free_memory()

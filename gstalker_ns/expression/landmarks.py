@@ -78,20 +78,16 @@ class ExpressionTrack:
         return np.linalg.norm(self.head_points[:, upper] - self.head_points[:, lower], axis=-1)
 
     def save(self, path: Path) -> None:
-        import io
+        from gstalker_ns.data.layout import atomic_save_npz
 
-        from gstalker_ns.data.layout import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer,
+        atomic_save_npz(
+            Path(path),
             version=np.int32(FORMAT_VERSION),
             head_points=self.head_points,
             eye_boxes=self.eye_boxes,
             point_set=np.array(self.point_set),
             inner_lips=np.asarray(self.inner_lips, dtype=np.int32),
         )
-        atomic_write_bytes(Path(path), buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> "ExpressionTrack":

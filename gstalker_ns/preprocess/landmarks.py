@@ -31,7 +31,6 @@ whose frames and options match reuses the saved track without running mediapipe.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from gstalker_ns.data.layout import DEFAULT_FPS, atomic_write_bytes, atomic_write_json
+from gstalker_ns.data.layout import DEFAULT_FPS, atomic_save_npz, atomic_write_json
 from gstalker_ns.errors import GstalkerUserError
 from gstalker_ns.progress import progress_bar
 
@@ -133,9 +132,8 @@ class LandmarkTrack:
 
     def save(self, path: PathLike) -> None:
         """Write one .npz atomically (readers never see a partial file)."""
-        buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer,
+        atomic_save_npz(
+            Path(path),
             version=np.int32(LANDMARKS_VERSION),
             points=self.points,
             z=self.z,
@@ -144,7 +142,6 @@ class LandmarkTrack:
             interpolated=self.interpolated,
             size=np.array([self.width, self.height], dtype=np.int32),
         )
-        atomic_write_bytes(Path(path), buffer.getvalue())
 
     @classmethod
     def load(cls, path: PathLike) -> "LandmarkTrack":
