@@ -93,7 +93,7 @@ def prepare(work: Path, pack_dir: Path, synth_seconds: float) -> None:
 # ------------------------------------------------------------------------------------------ gpu
 
 
-def _train_all(subjects: Dict[str, Path], work: Path, budget: float, steps: int, extra: List[str], baseline: bool) -> Dict[str, Dict]:
+def _train_all(subjects: Dict[str, Path], work: Path, budget: float, steps: int, extra: List[str], baseline: bool, baseline_steps: int) -> Dict[str, Dict]:
     from gpu_train_eval import train
 
     methods = ("gstalker", "splatfacto") if baseline else ("gstalker",)
@@ -102,7 +102,8 @@ def _train_all(subjects: Dict[str, Path], work: Path, budget: float, steps: int,
     def one(job):
         name, method = job
         args = extra if method == "gstalker" else []
-        return job, train(method, subjects[name], work / "runs" / name, steps, budget, min(1000, steps), args)
+        n = steps if method == "gstalker" else baseline_steps
+        return job, train(method, subjects[name], work / "runs" / name, n, budget, min(1000, n), args)
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         return {f"{name}/{method}": info for (name, method), info in pool.map(one, jobs)}
@@ -144,7 +145,7 @@ def _cross_driven(config: Path, data: Path, ret: Path, name: str) -> Dict:
     return info
 
 
-def gpu(data: Path, work: Path, out: Path, budget: float, steps: int = 10000, extra: List[str] = (), baseline: bool = True) -> None:
+def gpu(data: Path, work: Path, out: Path, budget: float, steps: int = 10000, extra: List[str] = (), baseline: bool = True, baseline_steps: int = 10000) -> None:
     from gstalker_ns import _compat
 
     _compat.apply_all()
@@ -159,7 +160,7 @@ def gpu(data: Path, work: Path, out: Path, budget: float, steps: int = 10000, ex
         if not (subjects[packed.name] / "transforms.json").exists():
             unpack(packed, subjects[packed.name])
     print(f"[gpu] unpacked {list(subjects)} in {time.perf_counter() - started:.0f} s", flush=True)
-    runs = _train_all(subjects, work, budget, steps, list(extra), baseline)
+    runs = _train_all(subjects, work, budget, steps, list(extra), baseline, baseline_steps)
     print(f"[gpu] trained: {json.dumps(runs)}", flush=True)
     ret = work / "ret"
     ret.mkdir(parents=True, exist_ok=True)
@@ -314,6 +315,7 @@ def main() -> int:
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--budget", type=float, default=420.0, help="seconds each training may take at most")
     g.add_argument("--steps", type=int, default=10000, help="training iterations (the default schedule's)")
+    g.add_argument("--baseline-steps", type=int, default=10000, help="splatfacto iterations (a static head plateaus early)")
     g.add_argument("--no-baseline", action="store_true", help="skip splatfacto (it needs CUDA; smoke tests on CPU)")
     g.add_argument("--extra", default="", help="extra ns-train arguments for gstalker, one string (smoke tests only)")
     a = sub.add_parser("analyse")
@@ -324,7 +326,7 @@ def main() -> int:
     if args.step == "prepare":
         prepare(args.work, args.pack, args.synth_seconds)
     elif args.step == "gpu":
-        gpu(args.data, args.work, args.out, args.budget, args.steps, args.extra.split(), not args.no_baseline)
+        gpu(args.data, args.work, args.out, args.budget, args.steps, args.extra.split(), not args.no_baseline, args.baseline_steps)
     else:
         analyse(args.returned, args.work, args.out)
     return 0

@@ -419,7 +419,12 @@ def test_upload_folder_is_removed_when_the_viewer_exits(viewer, page):
     assert len(folders) == 1 and not any(folders[0].iterdir())  # uploads are deleted once decoded
     process = viewer["process"]
     process.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops ns-viewer
-    process.wait(60)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:  # say where it hangs: viewer_probe dumps every thread's stack on SIGUSR1
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        raise AssertionError("ns-viewer did not exit 60 s after Ctrl-C:\n" + viewer["log"].read_text()[-12000:])
     assert not folders[0].exists()
 
 

@@ -83,6 +83,10 @@ def last_image(log_path: Path, since: float) -> Optional[Dict]:
 
 
 def main() -> None:
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # every thread's stack into the log, on demand
     log_path, command, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == command]
     install(os.path.abspath(log_path))
