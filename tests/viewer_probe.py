@@ -87,6 +87,10 @@ def main() -> None:
     import signal
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # every thread's stack into the log, on demand
+    # Ctrl-C raises KeyboardInterrupt, as in a user's terminal, even when the suite runs as a
+    # background job: a non-interactive shell starts those with SIGINT ignored, the ignore is
+    # inherited, and Python then installs no handler (ns-viewer would never see the Ctrl-C).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     log_path, command, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == command]
     install(os.path.abspath(log_path))

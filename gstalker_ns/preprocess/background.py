@@ -24,6 +24,7 @@ import numpy as np
 from gstalker_ns.data.layout import LABEL_BACKGROUND, atomic_write_bytes
 from gstalker_ns.errors import GstalkerUserError
 from gstalker_ns.preprocess.masks import MASK_NAME, list_frames
+from gstalker_ns.preprocess.parallel import run_threads
 
 INPAINT_RADIUS = 5
 
@@ -63,23 +64,8 @@ def _masked_median(stack: np.ndarray, valid: np.ndarray, rows: int = 32, workers
         med[n == 0] = np.nan
         out[y : y + rows] = med
 
-    _run_threads(block, range(0, h, rows), workers)
+    run_threads(block, range(0, h, rows), workers)
     return out
-
-
-def _run_threads(fn, items, workers: int = 0) -> None:
-    """fn(item) for every item, on a few threads (OpenCV and numpy release the GIL)."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = workers or min(4, os.cpu_count() or 1)
-    if workers <= 1:
-        for item in items:
-            fn(item)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(fn, items):
-            pass
 
 
 def background_plate(
@@ -122,7 +108,7 @@ def background_plate(
         stack[j] = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         valid[j] = person == 0
 
-    _run_threads(load, list(enumerate(indices)))
+    run_threads(load, list(enumerate(indices)))
     median = _masked_median(stack, valid)
     never_seen = np.isnan(median[..., 0])
     if never_seen.all():

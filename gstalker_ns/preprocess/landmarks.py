@@ -485,7 +485,10 @@ def landmarks_stage(frames_dir: PathLike, stage_dir: PathLike, progress: bool = 
         return cached
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / MANIFEST_FILE).unlink(missing_ok=True)  # from here on the stage is "not done"
-    track = track_landmarks(_read_frames(files), num_frames=len(files), progress=progress)
+    from gstalker_ns.preprocess.parallel import prefetch
+
+    # frames decode on a second thread while face mesh runs on this one
+    track = track_landmarks(prefetch(_read_frames(files)), num_frames=len(files), progress=progress)
     track.save(stage_dir / TRACK_FILE)
     manifest = {
         "stage": "landmarks",

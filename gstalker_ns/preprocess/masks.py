@@ -56,6 +56,7 @@ from gstalker_ns.data.layout import (
     atomic_write_json,
 )
 from gstalker_ns.errors import GstalkerUserError
+from gstalker_ns.preprocess.parallel import ordered_map, prefetch
 from gstalker_ns.preprocess.stage_files import NUMBERED_PNG_RE, remove_stale_files
 from gstalker_ns.progress import progress_bar
 
@@ -308,26 +309,35 @@ def masks_stage(frames_dir: Path, points: np.ndarray, stage_dir: Path, progress:
     (stage_dir / MANIFEST_FILE).unlink(missing_ok=True)  # from here on the stage is "not done"
     remove_stale_files(masks_dir, stage_dir, _TEMP_FILE_RE, NUMBERED_PNG_RE, keep_below=None)
 
+    shape: List = []
+
+    def write(job) -> bool:
+        """Label and write frame k; True when it has no face. Runs on a worker thread while the
+        next frames are read and segmented."""
+        k, person = job
+        h, w = person.shape
+        if shape[0] != (h, w):
+            raise MasksInputError(f"{frame_paths[k]}: frame size differs from the first frame; re-run the decode stage")
+        frame_pts = pts[k] if np.all(np.isfinite(pts[k])) else None
+        labels = label_map(person, frame_pts, h, w)
+        ok, buf = cv2.imencode(".png", labels)
+        if not ok:
+            raise RuntimeError(f"PNG encoding failed for frame {k}")
+        atomic_write_bytes(masks_dir / MASK_NAME.format(k), buf.tobytes())
+        return frame_pts is None
+
+    def segmented():
+        for k, person in enumerate(person_masks(prefetch(_read_rgb(p) for p in frame_paths))):
+            if not shape:
+                shape.append(person.shape)
+            yield k, person
+
     no_face: List[int] = []
-    shape = None
     bar = progress_bar(len(frame_paths), "masks", progress)
     try:
-        frames = (_read_rgb(p) for p in frame_paths)
-        for k, person in enumerate(person_masks(frames)):
-            h, w = person.shape
-            if shape is None:
-                shape = (h, w)
-            elif shape != (h, w):
-                raise MasksInputError(f"{frame_paths[k]}: frame size differs from the first frame; re-run the decode stage")
-            frame_pts = pts[k]
-            if not np.all(np.isfinite(frame_pts)):
+        for k, missing in enumerate(ordered_map(write, segmented())):
+            if missing:
                 no_face.append(k)
-                frame_pts = None
-            labels = label_map(person, frame_pts, h, w)
-            ok, buf = cv2.imencode(".png", labels)
-            if not ok:
-                raise RuntimeError(f"PNG encoding failed for frame {k}")
-            atomic_write_bytes(masks_dir / MASK_NAME.format(k), buf.tobytes())
             bar.update(1)
     finally:
         bar.close()
@@ -343,8 +353,8 @@ def masks_stage(frames_dir: Path, points: np.ndarray, stage_dir: Path, progress:
             "output": {
                 "masks": f"{MASKS_DIR}/{{:06d}}.png",
                 "num_frames": len(frame_paths),
-                "width": shape[1] if shape else 0,
-                "height": shape[0] if shape else 0,
+                "width": shape[0][1] if shape else 0,
+                "height": shape[0][0] if shape else 0,
                 "no_face_frames": no_face,
             },
         },
