@@ -19,7 +19,6 @@ direction, from the tracked head-frame landmarks):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from results_io import write_result  # noqa: E402
 REAL = REPO.parent / "shared" / "data" / "real"
 CLIPS = {"dfrf_french": "dfrf_french.mp4", "german_20s": "mimictalk_German_20s.mp4"}
 DRIVER = "whisper_jfk.flac"
@@ -149,9 +150,7 @@ def main() -> int:
         "clips": {name: str(CLIPS[name]) for name in CLIPS},
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"[bench] wrote {args.out}")
+    write_result(args.out, payload, "bench")
     return 0
 
 
