@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6 on the GPU machine, in one detached run (RESULTS.md's section "the whole measurement on
+# The time-curve and held-out measurement on the GPU machine (first done for issue 6), in one detached run (RESULTS.md's section "the whole measurement on
 # `dfrf_french.mp4` and a 60 s synthetic subject"; its synthetic gstalker-eval table was re-run on a
 # second machine with the commands listed there, after the first went back mid-evaluation).
 #
