@@ -186,15 +186,16 @@ def render_step(args: argparse.Namespace, out_dir: Path):
     _say(args, f"evaluating {len(refs)} frames of the {args.split} split of {args.load_config} (step {step})")
     render_pass.write_ground_truth(store, refs, progress)
     render_pass.store_clip_audio(store, pipeline)
+    model_config = pipeline.model.config
+    own = model_config.eval_expression  # what drives held-out frames in this run (audio by default)
     info = {"method": "gstalker", "config": str(args.load_config), "checkpoint": str(checkpoint), "step": step}
-    render_pass.render_into(store, pipeline, "gstalker", refs, {**info, "expression": "audio"}, progress)
+    render_pass.render_into(store, pipeline, "gstalker", refs, {**info, "expression": own}, progress)
     if args.also_tracked:  # the same run driven by the clip's tracked expression: the renderer's upper bound
-        model_config = pipeline.model.config
         model_config.eval_expression = "tracked"
         try:
             render_pass.render_into(store, pipeline, TRACKED, refs, {**info, "expression": "tracked"}, progress)
         finally:
-            model_config.eval_expression = "audio"
+            model_config.eval_expression = own
     dataparser = pipeline.datamanager.config.dataparser
     del pipeline, refs
     _free_memory()

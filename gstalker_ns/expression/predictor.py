@@ -54,19 +54,28 @@ def gaussian_smooth(codes: Tensor, sigma: float) -> Tensor:
     return torch.nn.functional.conv1d(x, kernel, groups=codes.shape[1])[0].T
 
 
-def _ridge(x: Tensor, y: Tensor, lam: float) -> Tuple[Tensor, Tensor]:
-    """Weights [D, K] and bias [K] of ridge regression (penalty lam x D on standardised inputs)."""
+def _ridge_double(x: Tensor, y: Tensor, lam: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Ridge regression in float64 (penalty lam x D on standardised inputs): weight [D, K], and
+    the input and output means (bias = y_mean - x_mean @ weight). A Cholesky solve, dual
+    (n x n) or primal (d x d), whichever is smaller."""
     x, y = x.double(), y.double()
     x_mean, y_mean = x.mean(dim=0), y.mean(dim=0)
     xc, yc = x - x_mean, y - y_mean
     n, d = xc.shape
-    penalty = lam * d
-    if n < d:  # dual form: an n x n solve instead of d x d
-        gram = xc @ xc.T + penalty * torch.eye(n, dtype=x.dtype, device=x.device)
-        weight = xc.T @ torch.linalg.solve(gram, yc)
+    if n <= d:  # dual form: an n x n solve instead of d x d
+        gram = xc @ xc.T
+        gram.diagonal().add_(lam * d)
+        weight = xc.T @ torch.cholesky_solve(yc, torch.linalg.cholesky(gram))
     else:
-        gram = xc.T @ xc + penalty * torch.eye(d, dtype=x.dtype, device=x.device)
-        weight = torch.linalg.solve(gram, xc.T @ yc)
+        gram = xc.T @ xc
+        gram.diagonal().add_(lam * d)
+        weight = torch.cholesky_solve(xc.T @ yc, torch.linalg.cholesky(gram))
+    return weight, x_mean, y_mean
+
+
+def _ridge(x: Tensor, y: Tensor, lam: float) -> Tuple[Tensor, Tensor]:
+    """Weights [D, K] and bias [K] of ridge regression (penalty lam x D on standardised inputs)."""
+    weight, x_mean, y_mean = _ridge_double(x, y, lam)
     return weight.float(), (y_mean - x_mean @ weight).float()
 
 
@@ -148,21 +157,10 @@ def _cross_validate(solvers: List[_FoldSolver], codes: Tensor, opening: Tensor, 
 
 
 def _fold_prediction(x: Tensor, codes: Tensor, fit: np.ndarray, val: np.ndarray, lam: float) -> Tensor:
-    """Validation predictions of ridge fitted on `fit` rows for ONE lambda: a Cholesky solve,
-    dual (n x n) or primal (d x d) whichever is smaller; the same numbers as `_FoldSolver`,
-    whose eigendecomposition only pays off over several lambdas (10x the cost of one solve)."""
-    xf = x[fit].double()
-    x_mean, y_mean = xf.mean(dim=0), codes[fit].double().mean(dim=0)
-    xc, yc = xf - x_mean, codes[fit].double() - y_mean
-    n, d = xc.shape
-    if n <= d:
-        gram = xc @ xc.T
-        gram.diagonal().add_(lam * d)
-        weight = xc.T @ torch.cholesky_solve(yc, torch.linalg.cholesky(gram))
-    else:
-        gram = xc.T @ xc
-        gram.diagonal().add_(lam * d)
-        weight = torch.cholesky_solve(xc.T @ yc, torch.linalg.cholesky(gram))
+    """Validation predictions of ridge fitted on `fit` rows for ONE lambda: one solve, the same
+    numbers as `_FoldSolver`, whose eigendecomposition only pays off over several lambdas (10x
+    the cost of one solve)."""
+    weight, x_mean, y_mean = _ridge_double(x[fit], codes[fit], lam)
     return ((x[val].double() - x_mean) @ weight + y_mean).float()
 
 

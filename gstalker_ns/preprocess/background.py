@@ -59,7 +59,6 @@ def _masked_median(stack: np.ndarray, valid: np.ndarray, rows: int = 32, workers
         shape = values.shape[:3] + (1,)
         lo = np.broadcast_to(np.maximum((n - 1) // 2, 0)[:, :, None, None], shape)
         hi = np.broadcast_to((n // 2)[:, :, None, None], shape)
-        hi = np.minimum(hi, f - 1)
         med = (np.take_along_axis(values, lo, -1)[..., 0].astype(np.float32) + np.take_along_axis(values, hi, -1)[..., 0]) / 2
         med[n == 0] = np.nan
         out[y : y + rows] = med

@@ -309,15 +309,22 @@ def masks_stage(frames_dir: Path, points: np.ndarray, stage_dir: Path, progress:
     (stage_dir / MANIFEST_FILE).unlink(missing_ok=True)  # from here on the stage is "not done"
     remove_stale_files(masks_dir, stage_dir, _TEMP_FILE_RE, NUMBERED_PNG_RE, keep_below=None)
 
-    shape: List = []
+    shape = None
+
+    def segmented():
+        nonlocal shape
+        for k, person in enumerate(person_masks(prefetch(_read_rgb(p) for p in frame_paths))):
+            if shape is None:
+                shape = person.shape
+            elif person.shape != shape:
+                raise MasksInputError(f"{frame_paths[k]}: frame size differs from the first frame; re-run the decode stage")
+            yield k, person
 
     def write(job) -> bool:
         """Label and write frame k; True when it has no face. Runs on a worker thread while the
         next frames are read and segmented."""
         k, person = job
         h, w = person.shape
-        if shape[0] != (h, w):
-            raise MasksInputError(f"{frame_paths[k]}: frame size differs from the first frame; re-run the decode stage")
         frame_pts = pts[k] if np.all(np.isfinite(pts[k])) else None
         labels = label_map(person, frame_pts, h, w)
         ok, buf = cv2.imencode(".png", labels)
@@ -325,12 +332,6 @@ def masks_stage(frames_dir: Path, points: np.ndarray, stage_dir: Path, progress:
             raise RuntimeError(f"PNG encoding failed for frame {k}")
         atomic_write_bytes(masks_dir / MASK_NAME.format(k), buf.tobytes())
         return frame_pts is None
-
-    def segmented():
-        for k, person in enumerate(person_masks(prefetch(_read_rgb(p) for p in frame_paths))):
-            if not shape:
-                shape.append(person.shape)
-            yield k, person
 
     no_face: List[int] = []
     bar = progress_bar(len(frame_paths), "masks", progress)
@@ -353,8 +354,8 @@ def masks_stage(frames_dir: Path, points: np.ndarray, stage_dir: Path, progress:
             "output": {
                 "masks": f"{MASKS_DIR}/{{:06d}}.png",
                 "num_frames": len(frame_paths),
-                "width": shape[0][1] if shape else 0,
-                "height": shape[0][0] if shape else 0,
+                "width": shape[1] if shape else 0,
+                "height": shape[0] if shape else 0,
                 "no_face_frames": no_face,
             },
         },

@@ -7,6 +7,7 @@ on a few threads and yields results in input order, `run_threads` runs independe
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import threading
@@ -80,15 +81,15 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 0, ahea
             yield fn(item)
         return
     ahead = ahead or 2 * workers
-    pending: "queue.Queue" = queue.Queue()
+    pending: "collections.deque" = collections.deque()
     with ThreadPoolExecutor(workers) as pool:
         try:
             for item in items:
-                pending.put(pool.submit(fn, item))
-                if pending.qsize() >= ahead:
-                    yield pending.get().result()
-            while not pending.empty():
-                yield pending.get().result()
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
         finally:
-            while not pending.empty():
-                pending.get().cancel()
+            for future in pending:
+                future.cancel()
