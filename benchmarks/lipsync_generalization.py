@@ -109,7 +109,8 @@ def _train_all(subjects: Dict[str, Path], work: Path, budget: float, steps: int,
         return {f"{name}/{method}": info for (name, method), info in pool.map(one, jobs)}
 
 
-def _cross_driven(config: Path, data: Path, ret: Path, name: str) -> Dict:
+def _cross_driven(config: Path, data: Path, ret: Path, name: str, subject: str = "") -> Dict:
+    """Render the run `name` (trained on `subject`, default the same) driven by the subject's drivers."""
     import torch
     from PIL import Image
 
@@ -123,7 +124,7 @@ def _cross_driven(config: Path, data: Path, ret: Path, name: str) -> Dict:
     info = {}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for driver in DRIVERS[name]:
+        for driver in DRIVERS[subject or name]:
             table = np.load(data / f"drive_{driver}.npy").astype(np.float32)
             n = len(table)
             blink = blink_track("natural", n, FPS, model.blink_table.cpu().numpy(), seed=0)
@@ -235,7 +236,8 @@ def analyse(returned: List[Path], work: Path, out: Path) -> None:
     waves = {"whisper_jfk": load_audio(REAL / JFK), **{n: load_audio(work / n / "audio.wav") for n in CLIPS if (work / n).is_dir()}}
     clips: Dict[str, Dict] = {}
     for name in summary["cross_driven"]:
-        entry: Dict = {"heldout": {}, "cross_driven": {}}
+        subject = summary["cross_driven"][name].get("subject", name)  # gpu_jobs.py runs name their subject
+        entry: Dict = {"heldout": {}, "cross_driven": {}, "subject": subject}
         if (ret / f"{name}_eval").is_dir():
             here = work / "eval" / name
             unpack(ret / f"{name}_eval", here)
@@ -256,9 +258,13 @@ def analyse(returned: List[Path], work: Path, out: Path) -> None:
                 "lmd_tracked": tracked.get("lmd"),
                 "unavailable": methods["gstalker"].get("unavailable", {}),
             }
-        frames = sorted((work / name / "frames").glob("*.jpg"))
+        frames = sorted((work / subject / "frames").glob("*.jpg"))
         real = track_mouth((np.asarray(Image.open(p).convert("RGB").resize((256, 256))) for p in frames), len(frames))
         real_spread = _spread(real.opening)
+        if not (ret / f"{name}_cross_driven.tar").exists():
+            entry["training"] = {k.split("/")[1]: v for k, v in summary["runs"].items() if k.startswith(name + "/")}
+            clips[name] = entry
+            continue
         with tarfile.open(ret / f"{name}_cross_driven.tar") as tar:
             members = sorted(tar.getmembers(), key=lambda m: m.name)
             by_driver: Dict[str, List] = {}

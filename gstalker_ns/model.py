@@ -23,6 +23,7 @@ from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.autograd.profiler import record_function
 from torch.nn import Parameter
 
 from nerfstudio.cameras.cameras import Cameras
@@ -388,7 +389,7 @@ class GSTalkerModel(SplatfactoModel):
     def step_cb(self, optimizers: Optimizers, step: int) -> None:
         self.step = step
         self.optimizers = optimizers.optimizers
-        if step >= self.config.coarse_steps and not bool(self.deformation_enabled):
+        if step >= self.config.coarse_steps and not self._deforming():
             self.deformation_enabled.fill_(True)
             CONSOLE.log(f"[gstalker] step {step}: stage 2, audio/pose deformation fields on")
 
@@ -426,12 +427,32 @@ class GSTalkerModel(SplatfactoModel):
             index = int(self.viewer_frame_idx)
         return max(0, min(index, len(self.audio_table) - 1))
 
+    def _deforming(self) -> bool:
+        """Whether stage 2 is on, as a Python bool: the buffer lives on the GPU, so it is read once
+        per change of the buffer (its version counter) rather than synchronising every frame."""
+        flag = self.deformation_enabled
+        key = (flag.data_ptr(), flag._version)
+        if getattr(self, "_deforming_cache", (None,))[0] != key:
+            self._deforming_cache = (key, bool(flag))
+        return self._deforming_cache[1]
+
+    def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, torch.Tensor]:
+        """Render one camera. Its frame index and image size are read here, while the camera is
+        still on the host, so the render itself needs no GPU -> host synchronisation for them."""
+        assert camera is not None, "must provide camera to gaussian model"
+        self.set_crop(obb_box)
+        self._host_camera = (self._frame_index(camera), int(camera.width.reshape(-1)[0]), int(camera.height.reshape(-1)[0]))
+        try:
+            return self.get_outputs(camera.to(self.device))
+        finally:
+            self._host_camera = None
+
     def deformed_gaussians(
         self, camera_to_world: torch.Tensor, frame_idx: int
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Means, quats and log-scales of all Gaussians for one frame and head pose."""
         means, quats, scales = self.means, self.quats, self.scales
-        if not bool(self.deformation_enabled):
+        if not self._deforming():
             self._last_deformation = None
             return means, quats, scales
         deformation = DeformationOutput.zeros(len(means), device=means.device)
@@ -504,8 +525,12 @@ class GSTalkerModel(SplatfactoModel):
         bg = self.background_image
         if bg.shape[0] == height and bg.shape[1] == width:
             return bg
-        resized = F.interpolate(bg.permute(2, 0, 1)[None], size=(height, width), mode="area")
-        return resized[0].permute(1, 2, 0)
+        key = (bg.data_ptr(), bg._version, height, width)
+        cache = getattr(self, "_background_cache", None)
+        if cache is None or cache[0] != key:  # resized once per size, not per frame
+            resized = F.interpolate(bg.permute(2, 0, 1)[None], size=(height, width), mode="area")
+            self._background_cache = cache = (key, resized[0].permute(1, 2, 0))
+        return cache[1]
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         if not isinstance(camera, Cameras):
@@ -513,16 +538,21 @@ class GSTalkerModel(SplatfactoModel):
         if self.training:
             assert camera.shape[0] == 1, "Only one camera at a time"
         camera_to_world = camera.camera_to_worlds
-        frame_idx = self._frame_index(camera)
+        host = getattr(self, "_host_camera", None)  # set by get_outputs_for_camera: no sync needed
+        frame_idx = host[0] if host is not None else self._frame_index(camera)
         self._last_frame_idx = frame_idx
-        means, quats, scales = self.deformed_gaussians(camera_to_world, frame_idx)
+        with record_function("gstalker.deform"):
+            means, quats, scales = self.deformed_gaussians(camera_to_world, frame_idx)
         deformation = self._last_deformation
 
         scale_factor = self._get_downscale_factor()
         camera.rescale_output_resolution(1 / scale_factor)
         viewmat = get_viewmat(camera_to_world)
         K = camera.get_intrinsics_matrices().to(self.device)
-        W, H = int(camera.width.item()), int(camera.height.item())
+        if host is not None and scale_factor == 1:
+            W, H = host[1], host[2]
+        else:
+            W, H = int(camera.width.item()), int(camera.height.item())
         self.last_size = (H, W)
         camera.rescale_output_resolution(scale_factor)
 
@@ -537,30 +567,32 @@ class GSTalkerModel(SplatfactoModel):
             sh_degree = None
         render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
         backend = self.config.rasterizer if self.config.rasterizer != "auto" else backend_for(means.device)
-        render, alpha, self.info = rasterize(
-            backend=backend,
-            means=means,
-            quats=quats,
-            scales=torch.exp(scales),
-            opacities=torch.sigmoid(opacities).squeeze(-1),
-            colors=colors,
-            viewmats=viewmat,
-            Ks=K,
-            width=W,
-            height=H,
-            packed=False,
-            near_plane=0.01,
-            far_plane=1e10,
-            render_mode=render_mode,
-            sh_degree=sh_degree,
-            sparse_grad=False,
-            absgrad=self.config.use_absgrad,
-            rasterize_mode=self.config.rasterize_mode,
-        )
+        with record_function("gstalker.raster"):
+            render, alpha, self.info = rasterize(
+                backend=backend,
+                means=means,
+                quats=quats,
+                scales=torch.exp(scales),
+                opacities=torch.sigmoid(opacities).squeeze(-1),
+                colors=colors,
+                viewmats=viewmat,
+                Ks=K,
+                width=W,
+                height=H,
+                packed=False,
+                near_plane=0.01,
+                far_plane=1e10,
+                render_mode=render_mode,
+                sh_degree=sh_degree,
+                sparse_grad=False,
+                absgrad=self.config.use_absgrad,
+                rasterize_mode=self.config.rasterize_mode,
+            )
         if self.training and self.info["means2d"].requires_grad:
             self.info["means2d"].retain_grad()
-        background = self._background_for(H, W)
-        rgb = torch.clamp(render[0, ..., :3] + (1 - alpha[0]) * background, 0.0, 1.0)
+        with record_function("gstalker.composite"):
+            background = self._background_for(H, W)
+            rgb = torch.clamp(render[0, ..., :3] + (1 - alpha[0]) * background, 0.0, 1.0)
         depth = None
         if render_mode == "RGB+ED":
             depth = torch.where(alpha[0] > 0, render[0, ..., 3:4], render[0, ..., 3:4].detach().max())

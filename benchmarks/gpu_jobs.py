@@ -1,0 +1,173 @@
+"""Several trainings in one GPU call, one per GPU (or sharing one), each followed by its measurements.
+
+    python benchmarks/gpu_jobs.py --jobs jobs.json --data .gpu_data/lipgen/real --work /tmp/gj --out $OUT   # GPU
+
+A GPU call is short (10 min) and a machine is not kept between calls, so everything a run is
+needed for happens in the same call, in the same process that trained it. jobs.json is a list of
+
+    {"name": "french_default", "subject": "dfrf_french", "gpu": 0, "steps": 10000, "budget": 500,
+     "extra": ["--pipeline.model.max-gaussians=60000"], "validation": false,
+     "tasks": ["eval", "cross", "speed"], "baseline": false}
+
+- `validation: true` trains on the first 10/11 of the clip only and scores the last 1/11 of
+  that (a validation slice inside the training part): settings are chosen there, never on the
+  test frames;
+- tasks: `eval` (gstalker-eval --also-tracked, frames packed for face mesh back home), `cross`
+  (renders driven by other speakers, as in lipsync_generalization.py), `speed`
+  (render_speed.py's measurements);
+- `baseline: true` also trains plain splatfacto on the same frames (for LMD).
+
+The output is shaped like lipsync_generalization.py's `gpu` step (ret/summary.json, one
+<name>_eval folder and <name>_cross_driven.tar per job) plus <name>_speed.json, so
+`lipsync_generalization.py analyse` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Dict
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+PART_BYTES = 15 * 2**20
+
+
+def _validation_folder(full: Path, target: Path) -> Path:
+    """A copy of the training folder without the clip's last 1/11 (the test frames): its own last
+    1/11 then serves as the validation slice. Frames and masks are linked, not copied."""
+    from gstalker_ns.data.dataparser import split_indices
+
+    meta = json.loads((full / "transforms.json").read_text())
+    frames = sorted(meta["frames"], key=lambda f: f.get("frame_idx", 0))
+    keep = split_indices(len(frames), 1.0 / 11.0, "train")
+    target.mkdir(parents=True, exist_ok=True)
+    for item in full.iterdir():
+        if item.name != "transforms.json" and not (target / item.name).exists():
+            (target / item.name).symlink_to(item.resolve())
+    meta["frames"] = [frames[i] for i in keep]
+    (target / "transforms.json").write_text(json.dumps(meta))
+    return target
+
+
+def run_job(spec: Dict, data: Path, work: Path, ret: Path) -> Dict:
+    from gstalker_ns import _compat
+
+    _compat.apply_all()
+    from gpu_train_eval import train
+    from pack_dataset import unpack
+
+    name, subject = spec["name"], spec["subject"]
+    folder = work / "data" / name
+    if not (folder / "transforms.json").exists():
+        unpack(data / subject, folder)
+    if spec.get("validation"):
+        folder = _validation_folder(folder, work / "data" / f"{name}_val")
+    steps = int(spec.get("steps", 10000))
+    budget = float(spec.get("budget", 500))
+    runs = {f"{name}/gstalker": train("gstalker", folder, work / "runs" / name, steps, budget, min(1000, steps), list(spec.get("extra", [])))}
+    if spec.get("baseline"):
+        runs[f"{name}/splatfacto"] = train("splatfacto", folder, work / "runs" / name, int(spec.get("baseline_steps", 5000)), budget, 1000, [])
+    print(f"[{name}] trained: {json.dumps(runs)}", flush=True)
+    config = Path(runs[f"{name}/gstalker"]["config"])
+    out: Dict = {"runs": runs, "cross_driven": {}}
+    tasks = spec.get("tasks", ["eval", "cross", "speed"])
+    if "speed" in tasks:  # first: the GPU is otherwise idle now, so the timings are clean
+        from render_speed import measure
+
+        speed = measure(config, int(spec.get("speed_frames", 300)), 16)
+        (ret / f"{name}_speed.json").write_text(json.dumps(speed, indent=1))
+        print(f"[{name}] speed: {json.dumps(speed['batch1'])} {json.dumps(speed['breakdown_ms'])[:400]}", flush=True)
+    if "eval" in tasks:
+        from gstalker_ns.evaluation.cli import main as gstalker_eval
+        from pack_eval_frames import pack as pack_eval
+
+        ev = work / "eval" / name
+        base = ["--baseline", "splatfacto", "--baseline-config", runs[f"{name}/splatfacto"]["config"]] if spec.get("baseline") else []
+        code = gstalker_eval(["--load-config", str(config), *base, "--also-tracked", "--output-dir", str(ev), "--quiet"])
+        if code == 0:
+            pack_eval(ev, ret / f"{name}_eval", quality=85)
+    if "cross" in tasks:
+        from lipsync_generalization import _cross_driven
+
+        out["cross_driven"][name] = _cross_driven(config, data / subject, ret, name, subject)
+    out["cross_driven"].setdefault(name, {})["subject"] = subject
+    out["cross_driven"][name]["validation"] = bool(spec.get("validation"))
+    out["cross_driven"][name]["extra"] = list(spec.get("extra", []))
+    return out
+
+
+def coordinate(jobs_path: Path, data: Path, work: Path, out: Path, deadline: float) -> None:
+    started = time.perf_counter()
+    jobs = json.loads(jobs_path.read_text())
+    ret = work / "ret"
+    ret.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for spec in jobs:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(spec.get("gpu", 0)))
+        log = open(work / f"{spec['name']}.log", "w")
+        command = [sys.executable, __file__, "--job", json.dumps(spec), "--data", str(data), "--work", str(work), "--out", str(out)]
+        procs.append((spec, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    for spec, proc, log in procs:
+        left = deadline - (time.perf_counter() - started)
+        try:
+            proc.wait(timeout=max(1.0, left))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            print(f"[jobs] {spec['name']} killed at the call's deadline", flush=True)
+        log.close()
+    summary: Dict = {"runs": {}, "cross_driven": {}}
+    for spec in jobs:
+        part = ret / f"{spec['name']}_summary.json"
+        if part.exists():
+            for key, value in json.loads(part.read_text()).items():
+                summary.setdefault(key, {}).update(value)
+    summary["gpu_seconds"] = round(time.perf_counter() - started, 1)
+    (ret / "summary.json").write_text(json.dumps(summary, indent=1))
+    for spec in jobs:  # logs' tails travel back too
+        log = work / f"{spec['name']}.log"
+        if log.exists():
+            (ret / f"{spec['name']}.log").write_text(log.read_text()[-20000:])
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(ret, arcname="ret")
+    blob = buffer.getvalue()
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(blob), PART_BYTES):
+        (out / f"lipgen.tar.{i // PART_BYTES:02d}").write_bytes(blob[i : i + PART_BYTES])
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"[jobs] returned {len(blob) / 2**20:.1f} MiB; {json.dumps(summary)[:3000]}", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=Path, help="the job list (JSON)")
+    p.add_argument("--job", help=argparse.SUPPRESS)  # one job, run by the coordinator in its own process
+    p.add_argument("--data", type=Path, required=True, help="folder of packed subjects (pack_dataset.py)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/gj"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--deadline", type=float, default=560.0, help="seconds after which unfinished jobs are killed")
+    args = p.parse_args()
+    if args.job:
+        spec = json.loads(args.job)
+        ret = args.work / "ret"
+        ret.mkdir(parents=True, exist_ok=True)
+        result = run_job(spec, args.data, args.work, ret)
+        (ret / f"{spec['name']}_summary.json").write_text(json.dumps(result, indent=1))
+        return 0
+    if args.jobs is None:
+        p.error("--jobs is required")
+    coordinate(args.jobs, args.data, args.work, args.out, args.deadline)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

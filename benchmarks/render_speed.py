@@ -1,0 +1,213 @@
+"""How fast a trained gstalker model renders: batch-1 latency, where the time goes, host syncs.
+
+    python benchmarks/render_speed.py --load-config RUN/config.yml --out render_speed.json   # GPU machine
+
+For the held-out cameras of the run, the audio frame advancing with each camera (as in
+`gstalker-eval` and `gstalker-render`), it measures:
+- batch1: `model.get_outputs_for_camera(camera)` (the product path: audio row -> expression ->
+  deformation -> raster -> composite over the background plate), CUDA synchronised before and
+  after each frame; median, p99 and frames per second at the median, warm-up excluded;
+- breakdown_ms: device time per frame under the model's profiler scopes (gstalker.deform,
+  gstalker.raster, gstalker.composite), the whole frame's CPU time, and host synchronisations
+  per frame (cudaStreamSynchronize / cudaDeviceSynchronize calls), from torch.profiler;
+- render_loop_frames_per_s: `gstalker_ns.render.video.render_frames` (frames rendered on the
+  device and copied to the host as uint8) without encoding: the GPU machine has no H.264 encoder;
+- batched: the batched renderer's throughput when the model has one (else the reason it is absent).
+
+It writes the JSON to --out; `--merge` adds the held-out quality numbers from a
+`gstalker-eval` metrics.json analysed elsewhere (the GPU machine lacks mediapipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+SCOPES = ("gstalker.deform", "gstalker.raster", "gstalker.composite")
+
+
+def _held_out_cameras(pipeline):
+    """One-camera `Cameras` on the host, one per held-out frame (training frames if none)."""
+    dataset = pipeline.datamanager.eval_dataset
+    if dataset is None or len(dataset) == 0:
+        dataset = pipeline.datamanager.train_dataset
+    cameras = dataset.cameras
+    return [cameras[i : i + 1] for i in range(cameras.shape[0])]
+
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def batch1_latency(model, cameras: List, frames: int, warmup: int = 20) -> Dict:
+    """Per-frame wall time of get_outputs_for_camera, synchronised on both sides."""
+    import torch
+
+    times = []
+    with torch.no_grad():
+        for i in range(frames + warmup):
+            camera = cameras[i % len(cameras)]
+            _sync()
+            start = time.perf_counter()
+            model.get_outputs_for_camera(camera)
+            _sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    t = np.asarray(times) * 1000.0
+    median = float(np.median(t))
+    return {
+        "frames": int(len(t)),
+        "median_ms": round(median, 3),
+        "p99_ms": round(float(np.percentile(t, 99)), 3),
+        "fps": round(1000.0 / median, 1),
+    }
+
+
+def breakdown(model, cameras: List, frames: int = 50) -> Dict:
+    """Device time per frame under each profiler scope, CPU time per frame, host syncs per frame."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch.no_grad():
+        for camera in cameras[:5]:  # warm
+            model.get_outputs_for_camera(camera)
+        _sync()
+        with profile(activities=activities) as prof:
+            for i in range(frames):
+                model.get_outputs_for_camera(cameras[i % len(cameras)])
+            _sync()
+    events = prof.key_averages()
+    out: Dict = {}
+    syncs = 0
+    kernel_us = 0.0
+    for event in events:
+        key = event.key
+        device_us = float(getattr(event, "device_time_total", getattr(event, "cuda_time_total", 0.0)) or 0.0)
+        if key in SCOPES:
+            out[key.split(".")[1] + "_ms"] = round(device_us / frames / 1000.0, 4)
+            out[key.split(".")[1] + "_cpu_ms"] = round(event.cpu_time_total / frames / 1000.0, 4)
+        if key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"):
+            syncs += event.count
+        if getattr(event, "device_type", None) is not None and str(event.device_type).endswith("CUDA"):
+            kernel_us += float(getattr(event, "self_device_time_total", 0.0) or 0.0)
+    out["host_syncs_per_frame"] = round(syncs / frames, 2)
+    if kernel_us:
+        out["device_total_ms"] = round(kernel_us / frames / 1000.0, 4)
+    top = sorted(events, key=lambda e: -float(getattr(e, "self_device_time_total", 0.0) or 0.0))[:12]
+    out["top_kernels_ms"] = {
+        e.key[:80]: round(float(getattr(e, "self_device_time_total", 0.0) or 0.0) / frames / 1000.0, 4) for e in top
+    }
+    return out
+
+
+def render_loop(model, pipeline, frames: int) -> Dict:
+    """The product's render loop (render_frames, uint8 frames on the host), no encoding."""
+    from gstalker_ns.drive.poses import pose_track
+    from gstalker_ns.render.video import render_frames
+
+    poses = pose_track("train", frames, 25.0, 25.0, pipeline.datamanager.train_dataset.cameras)
+    rows = np.arange(frames) % len(model.audio_table)
+    for _ in render_frames(model, poses, rows[:10]):  # warm
+        pass
+    _sync()
+    start = time.perf_counter()
+    count = sum(1 for _ in render_frames(model, poses, rows))
+    wall = time.perf_counter() - start
+    return {"frames": count, "frames_per_s": round(count / wall, 1), "how": "render_frames, uint8 on the host, no encoder"}
+
+
+def batched(model, cameras: List, batch: int, rounds: int = 10) -> Dict:
+    if not hasattr(model, "render_batch"):
+        return {"unavailable": "this version has no batched renderer"}
+    import torch
+
+    from nerfstudio.cameras.cameras import Cameras
+
+    group = cameras[:batch]
+    stacked = Cameras(
+        camera_to_worlds=torch.cat([c.camera_to_worlds for c in group]),
+        fx=torch.cat([c.fx for c in group]),
+        fy=torch.cat([c.fy for c in group]),
+        cx=torch.cat([c.cx for c in group]),
+        cy=torch.cat([c.cy for c in group]),
+        width=torch.cat([c.width for c in group]),
+        height=torch.cat([c.height for c in group]),
+        metadata={"frame_idx": torch.cat([c.metadata["frame_idx"] for c in group])},
+    )
+    with torch.no_grad():
+        model.render_batch(stacked)
+        _sync()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            model.render_batch(stacked)
+        _sync()
+    wall = time.perf_counter() - start
+    return {"batch": len(group), "frames_per_s": round(len(group) * rounds / wall, 1)}
+
+
+def measure(config: Path, frames: int, batch: int) -> Dict:
+    import torch
+
+    from gstalker_ns import _compat
+
+    _compat.apply_all()
+    from gstalker_ns.checkpoint import load_trained_pipeline
+
+    pipeline, _, _, _ = load_trained_pipeline(config)
+    model = pipeline.model
+    model.eval()
+    cameras = _held_out_cameras(pipeline)
+    result = {
+        "config": str(config),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "gaussians": int(model.num_points),
+        "image": [int(cameras[0].height.item()), int(cameras[0].width.item())],
+    }
+    result["batch1"] = batch1_latency(model, cameras, frames)
+    result["breakdown_ms"] = breakdown(model, cameras, min(frames, 50))
+    result["render_loop"] = render_loop(model, pipeline, frames)
+    result["batched"] = batched(model, cameras, batch)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load-config", type=Path, help="config.yml of a trained gstalker run")
+    p.add_argument("--out", type=Path, required=True, help="JSON to write (or to update with --merge)")
+    p.add_argument("--frames", type=int, default=300, help="timed frames (warm-up excluded)")
+    p.add_argument("--batch", type=int, default=16, help="frames per batched render call")
+    p.add_argument("--merge", type=Path, help="a gstalker-eval metrics.json to add as 'heldout'")
+    p.add_argument("--merge-key", default="heldout", help="key for --merge (heldout or baseline_heldout)")
+    args = p.parse_args(argv)
+    if args.merge is not None:
+        result = json.loads(args.out.read_text())
+        metrics = json.loads(args.merge.read_text())
+        source = metrics.get("metrics", metrics)
+        result[args.merge_key] = {k: source.get(k) for k in ("psnr", "mouth_opening_correlation", "lmd", "blink_correlation")}
+    else:
+        if args.load_config is None:
+            p.error("--load-config is needed to measure")
+        result = measure(args.load_config, args.frames, args.batch)
+    from results_io import write_result
+
+    write_result(args.out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "breakdown_ms"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
