@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict
 
@@ -73,9 +74,15 @@ def run_job(spec: Dict, data: Path, work: Path, ret: Path) -> Dict:
         folder = _validation_folder(folder, work / "data" / f"{name}_val")
     steps = int(spec.get("steps", 10000))
     budget = float(spec.get("budget", 500))
-    runs = {f"{name}/gstalker": train("gstalker", folder, work / "runs" / name, steps, budget, min(1000, steps), list(spec.get("extra", [])))}
-    if spec.get("baseline"):
-        runs[f"{name}/splatfacto"] = train("splatfacto", folder, work / "runs" / name, int(spec.get("baseline_steps", 5000)), budget, 1000, [])
+    trainings = {"gstalker": (steps, list(spec.get("extra", [])))}
+    if spec.get("baseline"):  # trained at the same time: a static head plateaus in a few thousand steps
+        trainings["splatfacto"] = (int(spec.get("baseline_steps", 5000)), [])
+    with ThreadPoolExecutor(len(trainings)) as pool:
+        futures = {
+            method: pool.submit(train, method, folder, work / "runs" / name, n, budget, min(1000, n), extra)
+            for method, (n, extra) in trainings.items()
+        }
+        runs = {f"{name}/{method}": future.result() for method, future in futures.items()}
     print(f"[{name}] trained: {json.dumps(runs)}", flush=True)
     config = Path(runs[f"{name}/gstalker"]["config"])
     out: Dict = {"runs": runs, "cross_driven": {}}
