@@ -72,6 +72,9 @@ def run_job(spec: Dict, data: Path, work: Path, ret: Path) -> Dict:
         unpack(data / subject, folder)
     if spec.get("validation"):
         folder = _validation_folder(folder, work / "data" / f"{name}_val")
+    if spec.get("trained"):  # a run this machine already holds (a back-to-back call): measure only
+        runs = json.loads(Path(spec["trained"]).read_text())["runs"]
+        return _measure(spec, runs, data, work, ret)
     steps = int(spec.get("steps", 10000))
     budget = float(spec.get("budget", 500))
     trainings = {"gstalker": (steps, list(spec.get("extra", [])))}
@@ -84,16 +87,25 @@ def run_job(spec: Dict, data: Path, work: Path, ret: Path) -> Dict:
         }
         runs = {f"{name}/{method}": future.result() for method, future in futures.items()}
     print(f"[{name}] trained: {json.dumps(runs)}", flush=True)
+    (work / f"{name}_runs.json").write_text(json.dumps({"runs": runs}))
+    return _measure(spec, runs, data, work, ret)
+
+
+def _measure(spec: Dict, runs: Dict, data: Path, work: Path, ret: Path) -> Dict:
+    name, subject = spec["name"], spec["subject"]
     config = Path(runs[f"{name}/gstalker"]["config"])
     out: Dict = {"runs": runs, "cross_driven": {}}
     tasks = spec.get("tasks", ["eval", "cross", "speed"])
-    if "speed" in tasks:  # first: the GPU is otherwise idle now, so the timings are clean
+    errors = {}
+
+    def speed() -> None:
         from render_speed import measure
 
-        speed = measure(config, int(spec.get("speed_frames", 300)), 16)
-        (ret / f"{name}_speed.json").write_text(json.dumps(speed, indent=1))
-        print(f"[{name}] speed: {json.dumps(speed['batch1'])} {json.dumps(speed['breakdown_ms'])[:400]}", flush=True)
-    if "eval" in tasks:
+        result = measure(config, int(spec.get("speed_frames", 300)), 16)
+        (ret / f"{name}_speed.json").write_text(json.dumps(result, indent=1))
+        print(f"[{name}] speed: {json.dumps(result['batch1'])} {json.dumps(result['breakdown_ms'])[:400]}", flush=True)
+
+    def evaluate() -> None:
         from gstalker_ns.evaluation.cli import main as gstalker_eval
         from pack_eval_frames import pack as pack_eval
 
@@ -102,13 +114,27 @@ def run_job(spec: Dict, data: Path, work: Path, ret: Path) -> Dict:
         code = gstalker_eval(["--load-config", str(config), *base, "--also-tracked", "--output-dir", str(ev), "--quiet"])
         if code == 0:
             pack_eval(ev, ret / f"{name}_eval", quality=85)
-    if "cross" in tasks:
+
+    def cross() -> None:
         from lipsync_generalization import _cross_driven
 
         out["cross_driven"][name] = _cross_driven(config, data / subject, ret, name, subject)
+
+    # speed first: the GPU is otherwise idle then, so its timings are clean. One failing task
+    # must not cost the others (a GPU call cannot be repeated cheaply).
+    for task, run in (("speed", speed), ("eval", evaluate), ("cross", cross)):
+        if task in tasks:
+            try:
+                run()
+            except Exception as exc:  # noqa: BLE001 - reported in the summary
+                import traceback
+
+                traceback.print_exc()
+                errors[task] = f"{type(exc).__name__}: {exc}"
     out["cross_driven"].setdefault(name, {})["subject"] = subject
     out["cross_driven"][name]["validation"] = bool(spec.get("validation"))
     out["cross_driven"][name]["extra"] = list(spec.get("extra", []))
+    out["cross_driven"][name]["errors"] = errors
     return out
 
 
