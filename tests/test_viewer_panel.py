@@ -273,6 +273,9 @@ class StandInModel(torch.nn.Module):
         self.audio_extractor = AudioFeatureSpec(**FEATURE_SPEC).to_json()
         self.renders = []
 
+    def expression_for_opening(self, level):
+        return torch.tensor([[level, 0.0]])
+
     def get_outputs_for_camera(self, camera, obb_box=None):
         if camera.metadata is not None and "frame_idx" in camera.metadata:
             frame = int(camera.metadata["frame_idx"][0, 0])
@@ -281,7 +284,9 @@ class StandInModel(torch.nn.Module):
         frame = min(frame, len(self.audio_table) - 1)
         row = self.audio_table[frame]
         blink = self.blink_table[frame]
+        override = getattr(self, "expression_override", None)
         result = {"rows": len(self.audio_table), "value": float(row.mean()), "blink": float(blink), "frame": frame}
+        result["mouth"] = None if override is None else float(override[0, 0])
         self.renders.append(result)
         return result
 
@@ -363,6 +368,27 @@ def test_panel_renders_the_slider_frame_and_leaves_other_cameras_alone(panel):
     assert model.viewer_frame_idx == 0  # restored after the render
     training_camera = SimpleNamespace(metadata={"frame_idx": torch.tensor([[7]])})
     assert model.get_outputs_for_camera(training_camera)["frame"] == 7
+
+
+def test_mouth_by_hand_drives_viewer_renders_only_and_is_restored(panel):
+    p, model = panel.panel, panel.model
+    assert model.get_outputs_for_camera(viewer_camera())["mouth"] is None  # the audio drives it
+    p._mouth_slider.value = 0.75
+    p._on_mouth()
+    assert p.state()["mouth"] is None  # the slider alone does nothing until the box is ticked
+    p._mouth_toggle.value = True
+    p._on_mouth()
+    assert p.state()["mouth"] == 0.75
+    assert model.get_outputs_for_camera(viewer_camera())["mouth"] == 0.75
+    assert getattr(model, "expression_override", None) is None  # set for that render only
+    training_camera = SimpleNamespace(metadata={"frame_idx": torch.tensor([[7]])})
+    assert model.get_outputs_for_camera(training_camera)["mouth"] is None  # training/eval renders untouched
+    p._mouth_slider.value = 0.0
+    p._on_mouth()
+    assert model.get_outputs_for_camera(viewer_camera())["mouth"] == 0.0
+    p._mouth_toggle.value = False
+    p._on_mouth()
+    assert model.get_outputs_for_camera(viewer_camera())["mouth"] is None
 
 
 def test_upload_adds_a_source_drives_the_render_and_restores_the_training_table(panel):

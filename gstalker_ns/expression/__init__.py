@@ -3,13 +3,15 @@
 - `landmarks`: the tracked mouth/jaw points in the head frame, per frame (and eye boxes);
 - `basis`: PCA of those points over the training frames -> a small expression code;
 - `predictor`: audio feature windows -> expression code (ridge read-out chosen on validation
-  slices of the training frames, temporally smoothed, amplitude-calibrated).
+  slices of the training frames, temporally smoothed, amplitude-calibrated);
+- `controls`: a code for a mouth opened by hand (the viewer's expression controls).
 
 The deformation field trains on the tracked code (with noise, so it tolerates prediction error);
 held-out frames and new audio are rendered from the predicted code. Pure numpy/torch.
 """
 
 from .basis import ExpressionBasis
+from .controls import opening_code
 from .landmarks import EXPRESSION_FILE, ExpressionError, ExpressionTrack
 from .predictor import AudioToExpression, FitReport, fit_audio_to_expression
 
@@ -21,4 +23,5 @@ __all__ = [
     "ExpressionTrack",
     "FitReport",
     "fit_audio_to_expression",
+    "opening_code",
 ]

@@ -11,7 +11,8 @@ How it works
 - Rendering: the viewer's cameras carry no `frame_idx`, so the model renders
   `model.viewer_frame_idx`. Our wrapper around `model.get_outputs_for_camera` sets that frame
   and, for an uploaded clip or a blink override, swaps the model's drive tables in for that one
-  render and back afterwards. The viewer's render thread holds nerfstudio's train lock around
+  render and back afterwards; "Mouth by hand" likewise sets the model's `expression_override`
+  (a code from `model.expression_for_opening`) for that render only. The viewer's render thread holds nerfstudio's train lock around
   the call, so a training step never sees the swapped tables; `_render_lock` additionally keeps
   two tabs' renders from interleaving. Cameras that carry `frame_idx` (training, evaluation)
   pass through untouched.
@@ -132,6 +133,8 @@ class AudioPanel(ViewerControl):
         self._frame = 0
         self._seq = 0
         self._blink_mode = "auto"
+        self._mouth_level: Optional[float] = None  # None: the audio drives the mouth
+        self._mouth_codes: Dict[float, torch.Tensor] = {}
         self._offset_s = 0.0
         self._show_gt = False
         self._blink_cache: Dict[Tuple[str, str], Optional[torch.Tensor]] = {}
@@ -225,6 +228,14 @@ class AudioPanel(ViewerControl):
         self._offset.on_update(self._user(self._on_offset))
         self._blink = gui.add_dropdown("Blink", BLINK_MODES, "auto", hint="auto: the clip's blinks (natural ones for uploads)")
         self._blink.on_update(self._user(self._on_blink))
+        if hasattr(self._model, "expression_for_opening"):  # expression controls: the mouth by hand
+            self._mouth_toggle = gui.add_checkbox("Mouth by hand", False, hint="Drive the mouth with the slider below instead of the audio")
+            self._mouth_toggle.on_update(self._user(self._on_mouth))
+            self._mouth_slider = gui.add_slider(
+                "Mouth opening", min=0.0, max=1.0, step=0.05, initial_value=0.5,
+                hint="0: as closed, 1: as wide open as this person's mouth in the training clip",
+            )  # fmt: skip
+            self._mouth_slider.on_update(self._user(self._on_mouth))
         self._gt_toggle = gui.add_checkbox("Show ground truth", False, hint="The training frame of the current time, below")
         self._gt_toggle.on_update(self._user(self._on_gt_toggle))
         self._snap = gui.add_button(
@@ -302,16 +313,19 @@ class AudioPanel(ViewerControl):
         """
         sys._getframe().f_trace = None
         table, blink, frame = self._drive_now()
+        expression = self._expression_now()
         model = self._model
         buffers = model._buffers
         attrs = model.__dict__
         with self._render_lock:
             saved = (buffers["audio_table"], buffers["blink_table"], attrs.get("viewer_frame_idx", 0))
+            saved_expression = attrs.get("expression_override")
             if table is not None:
                 buffers["audio_table"] = table
             if blink is not None:
                 buffers["blink_table"] = blink
             attrs["viewer_frame_idx"] = frame
+            attrs["expression_override"] = expression
             try:
                 return original(camera, obb_box=obb_box)
             except Exception as exc:
@@ -323,6 +337,7 @@ class AudioPanel(ViewerControl):
                 raise
             finally:
                 buffers["audio_table"], buffers["blink_table"], attrs["viewer_frame_idx"] = saved
+                attrs["expression_override"] = saved_expression
 
     def _drive_now(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], int]:
         """(table or None, blink or None, frame) for the next render; None keeps the model's own."""
@@ -336,6 +351,17 @@ class AudioPanel(ViewerControl):
                 self._blink_cache[key] = None if track is None else torch.from_numpy(track)
             blink = self._blink_cache[key]
             return table, None if blink is None else blink.to(device), frame
+
+    def _expression_now(self) -> Optional[torch.Tensor]:
+        """The hand-set expression code for the next render, or None when the audio drives it."""
+        with self._lock:
+            level = self._mouth_level
+            if level is None:
+                return None
+            if level not in self._mouth_codes:
+                with torch.no_grad():
+                    self._mouth_codes[level] = self._model.expression_for_opening(level)
+            return self._mouth_codes[level]
 
     def _request_render(self) -> None:
         try:
@@ -567,6 +593,12 @@ class AudioPanel(ViewerControl):
             self._blink_mode = str(self._blink.value)
         self._request_render()
 
+    def _on_mouth(self) -> None:
+        with self._lock:
+            by_hand = bool(self._mouth_toggle.value)
+            self._mouth_level = round(float(self._mouth_slider.value), 3) if by_hand else None
+        self._request_render()
+
     def _on_gt_toggle(self) -> None:
         with self._gui():
             self._show_gt = bool(self._gt_toggle.value)
@@ -650,6 +682,7 @@ class AudioPanel(ViewerControl):
                 "frame": self._frame,
                 "playing": playing,
                 "blink": self._blink_mode,
+                "mouth": self._mouth_level,
                 "offset_s": self._offset_s,
                 "slider_end": self._slider_end,
                 "upload_dir": str(self._store.root),
