@@ -368,3 +368,37 @@ def test_pose_field_learns_pose_dependent_motion() -> None:
     poses = [torch.tensor([0.0, 0.0]), torch.tensor([0.3, -0.2])]
     first, last = _train(field, [(xyz, p) for p in poses], lambda x, p: 0.1 * p.sum() * torch.ones_like(x), steps=120)
     assert last < 0.1 * first, (first, last)
+
+
+@pytest.mark.parametrize("kind", ["expression", "pose"])
+def test_folded_inference_matches_the_plain_forward(kind: str) -> None:
+    """At inference (cached encoding, no grad) the fields fold the per-Gaussian part of the first
+    layer; the offsets must be those of the plain forward, for several frames, and the cache must
+    follow a weight change."""
+    torch.manual_seed(0)
+    aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    small = dict(num_levels=4, log2_hashmap_size=10, max_resolution=64)
+    if kind == "expression":
+        field = ExpressionDeformationField(aabb, expression_dim=5, **small)
+        conds = [(torch.randn(1, 5), torch.rand(1, 1)) for _ in range(3)]
+    else:
+        field = PoseDeformationField(aabb, pose_dim=9, **small)
+        conds = [(torch.randn(9),) for _ in range(3)]
+    for module in field.modules():  # non-trivial outputs
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.5)
+    xyz = torch.rand(500, 3) * 2 - 1
+    encoded = field.encode_xyz(xyz).detach()
+    for _ in range(2):
+        for cond in conds:
+            with torch.enable_grad():
+                plain = field(xyz, *cond)
+            with torch.no_grad():
+                folded = field(xyz, *cond, encoded=encoded)
+            for name in ("d_xyz", "d_quat", "d_scale", "d_color", "d_opacity"):
+                a, b = getattr(plain, name), getattr(folded, name)
+                assert (a is None) == (b is None), name
+                if a is not None:
+                    assert torch.allclose(a.detach(), b, atol=1e-5, rtol=1e-4), (name, float((a.detach() - b).abs().max()))
+        with torch.no_grad():
+            field.head[0].weight.mul_(1.1)  # the cache must notice

@@ -142,7 +142,34 @@ class _GridDeformationField(nn.Module):
 
     def decode(self, h: Tensor) -> DeformationOutput:
         """Head input [N, in] -> bounded offsets."""
-        raw = self.head(h)
+        return self._bounded(self.head(h))
+
+    def _foldable(self) -> bool:
+        """The folded path needs a hidden layer (Linear, ReLU, ...) in front of the output."""
+        return len(self.head) > 2 and isinstance(self.head[1], nn.ReLU)
+
+    def _folded_static(self, enc_x: Tensor, extra: Tuple[nn.Module, ...] = ()) -> Tuple:
+        """Per-Gaussian parts of the first layer that do not change between frames, computed once
+        per (positions' encoding, weights) and reused: at inference the canonical Gaussians are
+        fixed, so only the small per-frame condition goes through the first layer each frame."""
+        modules = (self.head,) + extra
+        key = (enc_x.data_ptr(), enc_x._version, enc_x.shape[0], tuple(p._version for m in modules for p in m.parameters()))
+        cache = getattr(self, "_fold_cache", None)
+        if cache is None or cache[0] != key:
+            first = self.head[0]
+            d = self.encoding.out_dim
+            static = torch.addmm(first.bias, enc_x, first.weight[:, :d].t())  # [N, hidden]
+            self._fold_cache = cache = (key, static, tuple(m(enc_x) for m in extra))
+        return cache[1], cache[2]
+
+    def _decode_folded(self, static: Tensor, cond_part: Tensor) -> DeformationOutput:
+        """The MLP from its first layer's pre-activation (static + this frame's condition term)."""
+        h = torch.relu(static + cond_part)
+        for layer in list(self.head)[2:]:
+            h = layer(h)
+        return self._bounded(h)
+
+    def _bounded(self, raw: Tensor) -> DeformationOutput:
         extent = (self.aabb[1] - self.aabb[0]).max()
         d_xyz = torch.tanh(raw[:, :_OUT_XYZ]) * (self.max_offset * extent)
         d_quat = raw[:, _OUT_XYZ : _OUT_XYZ + _OUT_QUAT]
@@ -213,12 +240,27 @@ class ExpressionDeformationField(_GridDeformationField):
         """
         enc_x = self.encode_xyz(xyz) if encoded is None else encoded
         n = enc_x.shape[0]
+        if encoded is not None and not torch.is_grad_enabled() and self.region_attention and self._foldable():
+            return self._forward_folded(enc_x, expression, blink)
         code = _as_row(expression, self.expression_dim, "expression", enc_x).expand(n, -1)
         eye = _as_row(blink, 1, "blink", enc_x).expand(n, -1)
         if self.region_attention:
             code = code * self.expression_attention(enc_x)
             eye = eye * torch.sigmoid(self.blink_attention(enc_x))
         return self.decode(torch.cat([enc_x, code, eye], dim=-1))
+
+    def _forward_folded(self, enc_x: Tensor, expression: Tensor | float, blink: Tensor | float) -> DeformationOutput:
+        """Inference: the same offsets as `forward`, with the attention weights and the position
+        part of the first layer cached per Gaussian (see `_folded_static`)."""
+        static, (attention, gate) = self._folded_static(enc_x, (self.expression_attention, self.blink_attention))
+        code = _as_row(expression, self.expression_dim, "expression", enc_x)
+        eye = _as_row(blink, 1, "blink", enc_x)
+        w = self.head[0].weight
+        d = self.encoding.out_dim
+        w_code, w_eye = w[:, d : d + self.expression_dim], w[:, d + self.expression_dim :]
+        # (code * attention_n) @ W_code^T = attention_n @ (code^T * W_code^T); the gate scales one column
+        cond = attention @ (w_code * code).t() + torch.sigmoid(gate) * (eye * w_eye).t()
+        return self._decode_folded(static, cond)
 
 
 class PoseDeformationField(_GridDeformationField):
@@ -276,5 +318,8 @@ class PoseDeformationField(_GridDeformationField):
     def forward(self, xyz: Tensor, pose: Tensor, encoded: Optional[Tensor] = None) -> DeformationOutput:
         """xyz [N, 3]; pose [P] (one frame) -> offsets. `encoded`: as in ExpressionDeformationField."""
         enc_x = self.encode_xyz(xyz) if encoded is None else encoded
-        cond = self.encode_pose(pose).to(enc_x.device).expand(enc_x.shape[0], -1)
-        return self.decode(torch.cat([enc_x, cond], dim=-1))
+        cond = self.encode_pose(pose).to(enc_x.device)
+        if encoded is not None and not torch.is_grad_enabled() and self._foldable():  # inference: one [hidden] term per frame
+            static, _ = self._folded_static(enc_x)
+            return self._decode_folded(static, cond @ self.head[0].weight[:, self.encoding.out_dim :].t())
+        return self.decode(torch.cat([enc_x, cond.expand(enc_x.shape[0], -1)], dim=-1))
