@@ -437,15 +437,44 @@ class GSTalkerModel(SplatfactoModel):
         return self._deforming_cache[1]
 
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, torch.Tensor]:
-        """Render one camera. Its frame index and image size are read here, while the camera is
-        still on the host, so the render itself needs no GPU -> host synchronisation for them."""
+        """Render one camera (gstalker-render, gstalker-eval, the viewer).
+
+        The frame index and the image size are read while the camera is still on the host, and
+        its pose and intrinsics travel to the device as one small non-blocking copy, instead of
+        `camera.to(device)` (one blocking copy, so one GPU synchronisation, per camera field).
+        """
         assert camera is not None, "must provide camera to gaussian model"
         self.set_crop(obb_box)
-        self._host_camera = (self._frame_index(camera), int(camera.width.reshape(-1)[0]), int(camera.height.reshape(-1)[0]))
-        try:
+        if self._get_downscale_factor() != 1 or camera.shape[0] != 1:
             return self.get_outputs(camera.to(self.device))
-        finally:
-            self._host_camera = None
+        frame_idx = self._frame_index(camera)
+        W, H = int(camera.width.reshape(-1)[0]), int(camera.height.reshape(-1)[0])
+        pose = camera.camera_to_worlds.reshape(1, 3, 4)
+        K = camera.get_intrinsics_matrices().reshape(1, 3, 3)
+        packed = self._to_device(torch.cat([pose.reshape(-1), K.reshape(-1)]).float())
+        return self._render_view(packed[:12].view(1, 3, 4), packed[12:].view(1, 3, 3), W, H, frame_idx)
+
+    def _to_device(self, values: torch.Tensor) -> torch.Tensor:
+        """A small host tensor on the model's device without a synchronisation: copied through
+        one of a few pinned staging buffers (a slot is reused only after its copy has finished)."""
+        device = self.device
+        if values.device == device or device.type != "cuda":
+            return values.to(device)
+        ring = getattr(self, "_staging", None)
+        if ring is None or ring[0][0].numel() != values.numel():
+            ring = [(torch.empty(values.numel(), pin_memory=True), None) for _ in range(4)]
+            self._staging, self._staging_next = ring, 0
+        slot = self._staging_next
+        buffer, done = ring[slot]
+        if done is not None:
+            done.synchronize()  # only waits if the GPU is four frames behind
+        buffer.copy_(values)
+        out = buffer.to(device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        ring[slot] = (buffer, event)
+        self._staging_next = (slot + 1) % len(ring)
+        return out
 
     def deformed_gaussians(
         self, camera_to_world: torch.Tensor, frame_idx: int
@@ -546,24 +575,24 @@ class GSTalkerModel(SplatfactoModel):
             return {}
         if self.training:
             assert camera.shape[0] == 1, "Only one camera at a time"
-        camera_to_world = camera.camera_to_worlds
-        host = getattr(self, "_host_camera", None)  # set by get_outputs_for_camera: no sync needed
-        frame_idx = host[0] if host is not None else self._frame_index(camera)
+        scale_factor = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / scale_factor)
+        K = camera.get_intrinsics_matrices().to(self.device)
+        W, H = int(camera.width.item()), int(camera.height.item())
+        camera.rescale_output_resolution(scale_factor)
+        return self._render_view(camera.camera_to_worlds, K, W, H, self._frame_index(camera))
+
+    def _render_view(
+        self, camera_to_world: torch.Tensor, K: torch.Tensor, W: int, H: int, frame_idx: int
+    ) -> Dict[str, Union[torch.Tensor, List]]:
+        """Render one view: camera_to_world [1, 3, 4] and K [1, 3, 3] on the model's device, the
+        image size and the drive frame as Python ints (so nothing here waits for the GPU)."""
         self._last_frame_idx = frame_idx
         with record_function("gstalker.deform"):
             means, quats, scales = self.deformed_gaussians(camera_to_world, frame_idx)
         deformation = self._last_deformation
-
-        scale_factor = self._get_downscale_factor()
-        camera.rescale_output_resolution(1 / scale_factor)
         viewmat = get_viewmat(camera_to_world)
-        K = camera.get_intrinsics_matrices().to(self.device)
-        if host is not None and scale_factor == 1:
-            W, H = host[1], host[2]
-        else:
-            W, H = int(camera.width.item()), int(camera.height.item())
         self.last_size = (H, W)
-        camera.rescale_output_resolution(scale_factor)
 
         features_dc, opacities = self.features_dc, self.opacities
         if deformation is not None and deformation.d_color is not None:  # the head field's appearance change

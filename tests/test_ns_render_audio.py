@@ -236,16 +236,15 @@ def test_each_frame_is_driven_by_the_clip_at_its_time(run, recorded, tmp_path, m
     config, _ = run
     json_path, _, _ = recorded
     seen, extractor = [], {}
-    original = GSTalkerModel.get_outputs
+    original = GSTalkerModel._render_view
 
-    def spy(self, camera):
-        outputs = original(self, camera)
+    def spy(self, camera_to_world, K, W, H, k):  # every render of a frame passes here
+        outputs = original(self, camera_to_world, K, W, H, k)
         extractor.update(self.audio_extractor)
-        k = int(camera.metadata["frame_idx"].reshape(-1)[0])
         seen.append((k, self.audio_table[k].cpu().numpy().copy(), float(self.blink_table[k]), outputs["rgb"].cpu().clone()))
         return outputs
 
-    monkeypatch.setattr(GSTalkerModel, "get_outputs", spy)
+    monkeypatch.setattr(GSTalkerModel, "_render_view", spy)
     RenderCameraPath(load_config=config, camera_path_filename=json_path, output_path=tmp_path / "still.mp4").main()
     assert [k for k, *_ in seen] == list(range(NUM_FRAMES))
     expected = drive_from_file(json_path.with_name("still.audio.wav"), spec_from_extractor(extractor), fps=FPS).features

@@ -108,13 +108,13 @@ def test_video_frame_k_is_render_k_with_audio_row_k(run, pipeline, tmp_path):
     poses = pose_track("camera-path", drive.num_frames, 25.0, 25.0, pipeline.datamanager.train_dataset.cameras,
                        camera_path=path)
     seen = []
-    original = model.get_outputs
+    original = model._render_view
 
-    def spy(camera):
-        seen.append((int(camera.metadata["frame_idx"].reshape(-1)[0]), model.audio_table.data_ptr()))
-        return original(camera)
+    def spy(camera_to_world, K, W, H, frame_idx):  # every render of a frame passes here
+        seen.append((int(frame_idx), model.audio_table.data_ptr()))
+        return original(camera_to_world, K, W, H, frame_idx)
 
-    model.get_outputs = spy
+    model._render_view = spy
     try:
         with driven(model, drive.features, np.zeros(drive.num_frames, np.float32)):
             driven_table = model.audio_table.data_ptr()
@@ -123,7 +123,7 @@ def test_video_frame_k_is_render_k_with_audio_row_k(run, pipeline, tmp_path):
             write_video(out, render_frames(model, poses, range(drive.num_frames)), drive.num_frames, 25.0,
                         drive.wave, drive.sample_rate, crf=10, show_progress=False)
     finally:
-        del model.get_outputs
+        del model._render_view
     assert [row for row, _ in seen] == list(range(drive.num_frames)) * 2
     assert all(ptr == driven_table for _, ptr in seen)
     assert model.audio_table.shape[0] == table.shape[0]  # the training drive is restored afterwards
