@@ -4,7 +4,7 @@
 
 For the held-out cameras of the run, the audio frame advancing with each camera (as in
 `gstalker-eval` and `gstalker-render`), it measures:
-- batch1: `model.get_outputs_for_camera(camera)` (the product path: audio row -> expression ->
+- batch1: `model.get_outputs_for_camera(camera)` inside `model.colour_only()` (the product path: audio row -> expression ->
   deformation -> raster -> composite over the background plate), CUDA synchronised before and
   after each frame; median, p99 and frames per second at the median, warm-up excluded;
 - breakdown_ms: device time per frame under the model's profiler scopes (gstalker.deform,
@@ -56,8 +56,10 @@ def batch1_latency(model, cameras: List, frames: int, warmup: int = 20) -> Dict:
     """Per-frame wall time of get_outputs_for_camera, synchronised on both sides."""
     import torch
 
+    from gstalker_ns.render.frames import colour_only
+
     times = []
-    with torch.no_grad():
+    with torch.no_grad(), colour_only(model):  # as gstalker-render and gstalker-eval render
         for i in range(frames + warmup):
             camera = cameras[i % len(cameras)]
             _sync()
@@ -81,8 +83,10 @@ def breakdown(model, cameras: List, frames: int = 50) -> Dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from gstalker_ns.render.frames import colour_only
+
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with torch.no_grad():
+    with torch.no_grad(), colour_only(model):
         for camera in cameras[:5]:  # warm
             model.get_outputs_for_camera(camera)
         _sync()

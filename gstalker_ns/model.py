@@ -16,9 +16,10 @@ fields switch on (stage 2). The render is composited over the clip's background 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Dict, Iterator, List, Literal, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -454,6 +455,17 @@ class GSTalkerModel(SplatfactoModel):
         packed = self._to_device(torch.cat([pose.reshape(-1), K.reshape(-1)]).float())
         return self._render_view(packed[:12].view(1, 3, 4), packed[12:].view(1, 3, 3), W, H, frame_idx)
 
+    @contextlib.contextmanager
+    def colour_only(self) -> Iterator[None]:
+        """Renders inside skip the depth channel: gstalker-render and gstalker-eval use only the
+        colour, and the rasterizer then blends three channels instead of four."""
+        saved = getattr(self, "_depth_at_inference", True)
+        self._depth_at_inference = False
+        try:
+            yield
+        finally:
+            self._depth_at_inference = saved
+
     def _to_device(self, values: torch.Tensor) -> torch.Tensor:
         """A small host tensor on the model's device without a synchronisation: copied through
         one of a few pinned staging buffers (a slot is reused only after its copy has finished)."""
@@ -603,7 +615,8 @@ class GSTalkerModel(SplatfactoModel):
         else:
             colors = torch.sigmoid(colors).squeeze(1)
             sh_degree = None
-        render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
+        depth_wanted = self.config.output_depth_during_training or not self.training
+        render_mode = "RGB+ED" if depth_wanted and getattr(self, "_depth_at_inference", True) else "RGB"
         backend = self.config.rasterizer if self.config.rasterizer != "auto" else backend_for(means.device)
         with record_function("gstalker.raster"):
             render, alpha, self.info = rasterize(

@@ -96,6 +96,10 @@ def test_product_render_path_matches_get_outputs_and_mouth_override_applies(pipe
         direct = model.get_outputs(_camera(pipe, 5))["rgb"]
         product = model.get_outputs_for_camera(_camera(pipe, 5))["rgb"]
         assert torch.equal(direct, product)
+        with model.colour_only():  # file renders skip the depth channel; the colour is the same
+            colour = model.get_outputs_for_camera(_camera(pipe, 5))
+        assert colour["depth"] is None and torch.allclose(colour["rgb"], direct, atol=1e-6)
+        assert model.get_outputs_for_camera(_camera(pipe, 5))["depth"] is not None  # restored
         closed, opened = model.expression_for_opening(0.0), model.expression_for_opening(1.0)
         u = model.expression_opening
         assert float(opened[0] @ u) > float(closed[0] @ u)

@@ -91,15 +91,15 @@ def write_ground_truth(store: FrameStore, refs: List[FrameRef], progress: bool) 
 @torch.no_grad()
 def render_into(store: FrameStore, pipeline, name: str, refs: List[FrameRef], info: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     """Render every frame of ``refs`` with the pipeline's model into ``store`` under ``name``."""
-    from gstalker_ns.render.frames import to_uint8
+    from gstalker_ns.render.frames import colour_only, to_uint8
 
     model = pipeline.model
     model.eval()
     device = torch.device(model.device)
     seconds: List[float] = []
-    with progress_bar(len(refs), f"render {name}", progress) as bar:
+    with progress_bar(len(refs), f"render {name}", progress) as bar, colour_only(model):
         for ref in refs:
-            camera = ref.dataset.cameras[ref.index : ref.index + 1].to(device)
+            camera = ref.dataset.cameras[ref.index : ref.index + 1]  # the model moves what it needs
             _sync(device)
             start = time.perf_counter()
             outputs = model.get_outputs_for_camera(camera)

@@ -10,6 +10,14 @@ import numpy as np
 import torch
 
 
+def colour_only(model):
+    """`model.colour_only()` where the model has it (no depth channel for file renders), else nothing."""
+    import contextlib
+
+    method = getattr(model, "colour_only", None)
+    return method() if callable(method) else contextlib.nullcontext()
+
+
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """[H, W, 3] float in [0, 1] (tensor or array) -> contiguous uint8 RGB. A tensor is converted
     on its own device, so only the small uint8 image crosses to the host."""

@@ -21,7 +21,7 @@ import torch
 from gstalker_ns.drive.poses import PoseTrack
 from gstalker_ns.media.video import write_mp4
 from gstalker_ns.progress import progress_bar
-from gstalker_ns.render.frames import side_by_side, to_uint8
+from gstalker_ns.render.frames import colour_only, side_by_side, to_uint8
 
 
 @dataclass
@@ -65,9 +65,10 @@ def driven(model, features: Optional[np.ndarray], blink: Optional[np.ndarray]):
 @torch.no_grad()
 def render_frames(model, poses: PoseTrack, rows: Sequence[int], scale: float = 1.0) -> Iterator[np.ndarray]:
     """Render output frame k at pose k driven by feature row rows[k]; yields uint8 RGB frames."""
-    for k in range(len(poses)):
-        outputs = model.get_outputs_for_camera(poses.camera(k, int(rows[k]), scale))
-        yield to_uint8(outputs["rgb"])
+    with colour_only(model):
+        for k in range(len(poses)):
+            outputs = model.get_outputs_for_camera(poses.camera(k, int(rows[k]), scale))
+            yield to_uint8(outputs["rgb"])
 
 
 def in_background(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
