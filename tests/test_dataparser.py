@@ -85,6 +85,34 @@ def test_lazy_datamanager_serves_frames_with_frame_idx(tmp_path):
     assert not hasattr(manager, "_cached_images")
 
 
+def test_blink_frames_can_be_drawn_more_often(tmp_path):
+    """blink_repeat: frames with shut eyes come `blink_repeat` times per pass, the rest once, in a
+    seeded order (the same every run); 1 leaves nerfstudio's sampling alone."""
+    import json
+
+    from gstalker_ns.data.datamanager import TalkingPortraitDatamanagerConfig
+
+    root = make_tiny_folder(tmp_path / "p", num_frames=22)
+    meta = json.loads((root / "transforms.json").read_text())
+    for frame in meta["frames"]:
+        frame["blink"] = 1.0 if frame["frame_idx"] in (3, 7) else (0.4 if frame["frame_idx"] == 9 else 0.0)
+    (root / "transforms.json").write_text(json.dumps(meta))
+
+    def one_pass(repeat):
+        config = TalkingPortraitDatamanagerConfig(
+            dataparser=TalkingPortraitDataParserConfig(data=root, num_seed_points=300), blink_repeat=repeat
+        )
+        manager = config.setup(device="cpu", test_mode="val")
+        frames = manager.train_dataset.cameras.metadata["frame_idx"].reshape(-1).tolist()
+        return [frames[i] for i in manager.sample_train_cameras()]
+
+    plain, tripled = one_pass(1), one_pass(3)
+    assert sorted(plain) == list(range(20))
+    counts = {f: tripled.count(f) for f in set(tripled)}
+    assert counts[3] == counts[7] == 3 and counts[9] == 1 and len(tripled) == 24
+    assert tripled == one_pass(3)  # seeded
+
+
 @pytest.mark.parametrize(
     "breakage, expected",
     [

@@ -7,11 +7,13 @@ when it is drawn (JPEG decode is a few ms) while a background thread decodes the
 
 from __future__ import annotations
 
+import random
 from concurrent.futures import Future, ThreadPoolExecutor
 from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Type, Union
 
+import numpy as np
 import torch
 
 from nerfstudio.cameras.cameras import Cameras
@@ -70,6 +72,10 @@ class TalkingPortraitDatamanagerConfig(FullImageDatamanagerConfig):
     """Type of decoded frames handed to the model (uint8 saves memory; the model converts)."""
     prefetch_threads: int = 2
     """Threads that decode upcoming training frames in the background."""
+    blink_repeat: int = 1
+    """Training frames whose blink value is at least 0.5 (eyes mostly shut) are drawn this many
+    times per pass over the training frames (1: like every other frame). Blinks are a few percent
+    of a clip's frames, too few for the field to learn closing the eyes."""
 
 
 class TalkingPortraitDatamanager(FullImageDatamanager[TalkingPortraitDataset]):
@@ -111,6 +117,22 @@ class TalkingPortraitDatamanager(FullImageDatamanager[TalkingPortraitDataset]):
                 self._pending[index] = self._executor.submit(
                     self.train_dataset.get_data, index, self.config.cache_images_type
                 )
+
+    def sample_train_cameras(self) -> List[int]:
+        """One pass over the training frames in random order, blink frames `blink_repeat` times."""
+        indices = list(super().sample_train_cameras())
+        if self.config.blink_repeat <= 1:
+            return indices
+        blink = np.asarray(self.train_dataparser_outputs.metadata.get("blink", []), dtype=np.float32).reshape(-1)
+        frames = self.train_dataset.cameras.metadata["frame_idx"].reshape(-1).tolist()
+        shut = [i for i, f in enumerate(frames) if 0 <= f < len(blink) and blink[f] >= 0.5]
+        if not shut:
+            return indices
+        order = indices + shut * (self.config.blink_repeat - 1)
+        rng = getattr(self, "random_generator", None) or random.Random(self.config.train_cameras_sampling_seed)
+        self.random_generator = rng
+        rng.shuffle(order)
+        return order
 
     def next_train(self, step: int) -> Tuple[Cameras, Dict]:
         """The next training frame and its camera (with frame_idx metadata)."""
