@@ -162,6 +162,15 @@ def apply_all() -> None:
     install_ns_render_hook()
 
 
+def apply_for_preprocessing() -> None:
+    """What `gstalker-process` needs: it never imports nerfstudio, torchvision or torchmetrics, so
+    the patches for them (and their 5-7 s of imports) are left to the entry points that do."""
+    use_bundled_ffmpeg()
+    from gstalker_ns.errors import install_excepthook
+
+    install_excepthook()
+
+
 def install_ns_render_hook() -> None:
     """Give nerfstudio's `ns-render` sound on our checkpoints (gstalker_ns.render.ns_render_hook).
 

@@ -277,3 +277,18 @@ def test_crop_identity_for_framed_square_input():
     assert box.apply(frame).shape == (512, 512, 3)
     with pytest.raises(CropError):
         choose_crop(np.full((3, 478, 2), np.nan), 512, 512)
+
+
+def test_segmentation_on_several_threads_gives_the_same_masks(subject):
+    """person_masks runs one mediapipe graph per worker thread; the model keeps no state between
+    frames, so the masks must be those of a single graph, in the input order."""
+    from PIL import Image
+
+    root, _, _, _ = subject
+    frames = [np.asarray(Image.open(root / "frames" / f"{k:06d}.jpg").convert("RGB")) for k in range(12)]
+    frames = frames[::-1] + frames  # an order no worker assignment could fake
+    single = list(masks_mod.person_masks(iter(frames), workers=1))
+    threaded = list(masks_mod.person_masks(iter(frames), workers=3))
+    assert len(threaded) == len(frames)
+    assert all(np.array_equal(a, b) for a, b in zip(single, threaded))
+    assert any(m.any() for m in single) and not all(np.array_equal(single[0], m) for m in single)

@@ -33,23 +33,8 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
 from gstalker_ns.data import layout as L
+from gstalker_ns.data.layout import split_indices  # pure: lives with the folder layout, re-exported here
 from gstalker_ns.data.seed_points import seed_points_from_masks
-
-
-def split_indices(num_frames: int, eval_fraction: float, split: str) -> np.ndarray:
-    """Hold out the last `eval_fraction` of the frames (a contiguous tail, as talking-head papers
-    do: held-out frames then test unseen speech, not frames interleaved with training ones)."""
-    if not 0.0 <= eval_fraction < 1.0:
-        raise L.DatasetError(f"eval_fraction={eval_fraction} must be in [0, 1)")
-    num_eval = int(round(num_frames * eval_fraction))
-    if eval_fraction > 0 and num_frames >= 2:
-        num_eval = min(max(num_eval, 1), num_frames - 1)
-    num_train = num_frames - num_eval
-    if split == "train":
-        return np.arange(num_train)
-    if num_eval == 0:  # nothing held out: evaluate on the training frames
-        return np.arange(num_train)
-    return np.arange(num_train, num_frames)
 
 
 def pose_code_statistics(camera_to_worlds: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

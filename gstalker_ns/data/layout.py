@@ -366,3 +366,19 @@ def load_audio_features(layout: TalkingPortraitLayout) -> np.ndarray:
             f"index {max_idx}; the features do not belong to these frames: {layout.rerun_hint}"
         )
     return np.array(table, dtype=np.float32)  # a private, writable copy (the file may be memory-mapped)
+
+
+def split_indices(num_frames: int, eval_fraction: float, split: str) -> np.ndarray:
+    """Hold out the last `eval_fraction` of the frames (a contiguous tail, as talking-head papers
+    do: held-out frames then test unseen speech, not frames interleaved with training ones)."""
+    if not 0.0 <= eval_fraction < 1.0:
+        raise DatasetError(f"eval_fraction={eval_fraction} must be in [0, 1)")
+    num_eval = int(round(num_frames * eval_fraction))
+    if eval_fraction > 0 and num_frames >= 2:
+        num_eval = min(max(num_eval, 1), num_frames - 1)
+    num_train = num_frames - num_eval
+    if split == "train":
+        return np.arange(num_train)
+    if num_eval == 0:  # nothing held out: evaluate on the training frames
+        return np.arange(num_train)
+    return np.arange(num_train, num_frames)

@@ -11,9 +11,24 @@ held-out frames and new audio are rendered from the predicted code. Pure numpy/t
 """
 
 from .basis import ExpressionBasis
-from .controls import opening_code
 from .landmarks import EXPRESSION_FILE, ExpressionError, ExpressionTrack
-from .predictor import AudioToExpression, FitReport, fit_audio_to_expression
+
+_TORCH_NAMES = {
+    "AudioToExpression": "predictor",
+    "FitReport": "predictor",
+    "fit_audio_to_expression": "predictor",
+    "opening_code": "controls",
+}
+
+
+def __getattr__(name: str):
+    """The torch-based parts load on first use: `gstalker-process` tracks landmarks through this
+    package and never needs torch (about 1.5 s of start-up)."""
+    if name in _TORCH_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_TORCH_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "EXPRESSION_FILE",

@@ -144,37 +144,53 @@ def _clean(mask: np.ndarray) -> np.ndarray:
     return m.astype(bool)
 
 
-def person_masks(frames: Iterable[np.ndarray], progress: bool = False, model_selection: int = SEGMENTATION_MODEL) -> Iterator[np.ndarray]:
-    """bool [H, W] person mask per RGB uint8 frame (HxWx3), in order. Frames are treated as a
-    video (the model is created once)."""
+def person_masks(
+    frames: Iterable[np.ndarray], progress: bool = False, model_selection: int = SEGMENTATION_MODEL, workers: int = 0
+) -> Iterator[np.ndarray]:
+    """bool [H, W] person mask per RGB uint8 frame (HxWx3), in order.
+
+    The segmentation model keeps no state between frames (the masks are identical whichever
+    instance sees which frame, checked by the tests), and one mediapipe graph uses about one core,
+    so `workers` instances (0: one per core, at most 4) segment frames side by side on threads.
+    """
+    import threading
+
     import mediapipe as mp
 
     from gstalker_ns.native_logs import start_graph_quietly
+    from gstalker_ns.preprocess.parallel import default_workers
 
     def build():
         return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
 
+    local = threading.local()
+    made: List[Any] = []
+    made_lock = threading.Lock()
+
+    def segment(frame: np.ndarray) -> np.ndarray:
+        image = np.ascontiguousarray(frame)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"frames must be RGB uint8 HxWx3, got {image.dtype} {image.shape}")
+        seg = getattr(local, "seg", None)
+        if seg is None:
+            local.seg, result = start_graph_quietly(build, image)
+            with made_lock:
+                made.append(local.seg)
+        else:
+            result = seg.process(image)
+        conf = result.segmentation_mask
+        if conf is None:
+            return np.zeros(image.shape[:2], bool)
+        return _clean(np.asarray(conf) > PERSON_THRESHOLD)
+
     bar = progress_bar(None, "segment", progress)
-    seg = None
     try:
-        for frame in frames:
-            image = np.ascontiguousarray(frame)
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"frames must be RGB uint8 HxWx3, got {image.dtype} {image.shape}")
-            if seg is None:
-                seg, result = start_graph_quietly(build, image)
-            else:
-                result = seg.process(image)
-            conf = result.segmentation_mask
-            if conf is None:
-                person = np.zeros(image.shape[:2], bool)
-            else:
-                person = _clean(np.asarray(conf) > PERSON_THRESHOLD)
+        for person in ordered_map(segment, frames, workers=workers or default_workers()):
             bar.update(1)
             yield person
     finally:
         bar.close()
-        if seg is not None:
+        for seg in made:
             seg.close()
 
 

@@ -103,7 +103,7 @@ def align_audio(
     `audio_offset_ms`, or by the offset estimated from the clip itself when that is None."""
     from gstalker_ns.audio.features import default_feature_spec, extract_features, whisper_sequence
     from gstalker_ns.audio.io import _resample
-    from gstalker_ns.data.dataparser import split_indices
+    from gstalker_ns.data.layout import split_indices
     from gstalker_ns.preprocess.av_offset import OffsetEstimate, estimate_offset
 
     spec = default_feature_spec()
@@ -285,7 +285,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from gstalker_ns import _compat
 
-    _compat.apply_all()
+    _compat.apply_for_preprocessing()
     parser = argparse.ArgumentParser(
         prog="gstalker-process",
         description=(
