@@ -25,12 +25,10 @@ The output is shaped like lipsync_generalization.py's `gpu` step (ret/summary.js
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +37,6 @@ from typing import Dict
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-PART_BYTES = 15 * 2**20
 
 
 def _validation_folder(full: Path, target: Path) -> Path:
@@ -164,20 +161,14 @@ def coordinate(jobs_path: Path, data: Path, work: Path, out: Path, deadline: flo
             for key, value in json.loads(part.read_text()).items():
                 summary.setdefault(key, {}).update(value)
     summary["gpu_seconds"] = round(time.perf_counter() - started, 1)
-    (ret / "summary.json").write_text(json.dumps(summary, indent=1))
     for spec in jobs:  # logs' tails travel back too
         log = work / f"{spec['name']}.log"
         if log.exists():
             (ret / f"{spec['name']}.log").write_text(log.read_text()[-20000:])
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(ret, arcname="ret")
-    blob = buffer.getvalue()
-    out.mkdir(parents=True, exist_ok=True)
-    for i in range(0, len(blob), PART_BYTES):
-        (out / f"lipgen.tar.{i // PART_BYTES:02d}").write_bytes(blob[i : i + PART_BYTES])
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"[jobs] returned {len(blob) / 2**20:.1f} MiB; {json.dumps(summary)[:3000]}", flush=True)
+    from lipsync_generalization import return_results
+
+    size = return_results(ret, out, summary)
+    print(f"[jobs] returned {size / 2**20:.1f} MiB; {json.dumps(summary)[:3000]}", flush=True)
 
 
 def main() -> int:

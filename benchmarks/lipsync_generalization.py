@@ -176,6 +176,13 @@ def gpu(data: Path, work: Path, out: Path, budget: float, steps: int = 10000, ex
         summary["cross_driven"][name] = _cross_driven(Path(gst), data / name, ret, name)
         print(f"[gpu] {name}: eval exit {code}, cross-driven {summary['cross_driven'][name]}", flush=True)
     summary["gpu_seconds"] = round(time.perf_counter() - started, 1)
+    size = return_results(ret, out, summary)
+    print(f"[gpu] returned {size / 2**20:.1f} MiB in {(size - 1) // PART_BYTES + 1} parts", flush=True)
+
+
+def return_results(ret: Path, out: Path, summary: Dict) -> int:
+    """ret/ (with summary.json) as one tar in parts under the transfer limits, plus the summary
+    on its own; returns the tar's size. `analyse` reads it back."""
     (ret / "summary.json").write_text(json.dumps(summary, indent=1))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -185,7 +192,7 @@ def gpu(data: Path, work: Path, out: Path, budget: float, steps: int = 10000, ex
     for i in range(0, len(blob), PART_BYTES):
         (out / f"lipgen.tar.{i // PART_BYTES:02d}").write_bytes(blob[i : i + PART_BYTES])
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"[gpu] returned {len(blob) / 2**20:.1f} MiB in {(len(blob) - 1) // PART_BYTES + 1} parts", flush=True)
+    return len(blob)
 
 
 # ------------------------------------------------------------------------------------------ analyse
