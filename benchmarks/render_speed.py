@@ -12,7 +12,8 @@ For the held-out cameras of the run, the audio frame advancing with each camera 
   per frame (cudaStreamSynchronize / cudaDeviceSynchronize calls), from torch.profiler;
 - render_loop_frames_per_s: `gstalker_ns.render.video.render_frames` (frames rendered on the
   device and copied to the host as uint8) without encoding: the GPU machine has no H.264 encoder;
-- batched: the batched renderer's throughput when the model has one (else the reason it is absent).
+- batched: `model.render_batch` (B frames, each with its own deformed Gaussians, in one
+  rasterization): frames per second, and its largest difference from the single-frame renders.
 
 It writes the JSON to --out; `--merge` adds the held-out quality numbers from a
 `gstalker-eval` metrics.json analysed elsewhere (the GPU machine lacks mediapipe).
@@ -153,15 +154,22 @@ def batched(model, cameras: List, batch: int, rounds: int = 10) -> Dict:
         height=torch.cat([c.height for c in group]),
         metadata={"frame_idx": torch.cat([c.metadata["frame_idx"] for c in group])},
     )
-    with torch.no_grad():
-        model.render_batch(stacked)
+    from gstalker_ns.render.frames import colour_only
+
+    with torch.no_grad(), colour_only(model):
+        images = model.render_batch(stacked)
+        singles = torch.stack([model.get_outputs_for_camera(c)["rgb"] for c in group])
         _sync()
         start = time.perf_counter()
         for _ in range(rounds):
             model.render_batch(stacked)
         _sync()
     wall = time.perf_counter() - start
-    return {"batch": len(group), "frames_per_s": round(len(group) * rounds / wall, 1)}
+    return {
+        "batch": len(group),
+        "frames_per_s": round(len(group) * rounds / wall, 1),
+        "max_abs_diff_vs_single_frames": round(float((images - singles).abs().max()), 6),  # must be ~0
+    }
 
 
 def measure(config: Path, frames: int, batch: int) -> Dict:

@@ -594,18 +594,10 @@ class GSTalkerModel(SplatfactoModel):
         camera.rescale_output_resolution(scale_factor)
         return self._render_view(camera.camera_to_worlds, K, W, H, self._frame_index(camera))
 
-    def _render_view(
-        self, camera_to_world: torch.Tensor, K: torch.Tensor, W: int, H: int, frame_idx: int
-    ) -> Dict[str, Union[torch.Tensor, List]]:
-        """Render one view: camera_to_world [1, 3, 4] and K [1, 3, 3] on the model's device, the
-        image size and the drive frame as Python ints (so nothing here waits for the GPU)."""
-        self._last_frame_idx = frame_idx
-        with record_function("gstalker.deform"):
-            means, quats, scales = self.deformed_gaussians(camera_to_world, frame_idx)
+    def _frame_gaussians(self, camera_to_world: torch.Tensor, frame_idx: int) -> Tuple[torch.Tensor, ...]:
+        """(means, quats, log-scales, colours or SH, opacity logits, SH degree) of one frame."""
+        means, quats, scales = self.deformed_gaussians(camera_to_world, frame_idx)
         deformation = self._last_deformation
-        viewmat = get_viewmat(camera_to_world)
-        self.last_size = (H, W)
-
         features_dc, opacities = self.features_dc, self.opacities
         if deformation is not None and deformation.d_color is not None:  # the head field's appearance change
             features_dc, opacities = features_dc + deformation.d_color, opacities + deformation.d_opacity
@@ -615,6 +607,41 @@ class GSTalkerModel(SplatfactoModel):
         else:
             colors = torch.sigmoid(colors).squeeze(1)
             sh_degree = None
+        return means, quats, scales, colors, opacities, sh_degree
+
+    @torch.no_grad()
+    def render_batch(self, cameras: Cameras) -> torch.Tensor:
+        """[B, H, W, 3] colour of B frames (cameras with `frame_idx`, one image size) in one
+        rasterization (gstalker_ns.splatting.batched): for rendering files, not the viewer."""
+        from gstalker_ns.splatting.batched import rasterize_frames
+
+        frames = [int(f) for f in torch.as_tensor(cameras.metadata["frame_idx"]).reshape(-1).tolist()]
+        frames = [max(0, min(f, len(self.audio_table) - 1)) for f in frames]
+        W, H = int(cameras.width.reshape(-1)[0]), int(cameras.height.reshape(-1)[0])
+        batch = len(frames)
+        pose = cameras.camera_to_worlds.reshape(batch, 3, 4)
+        K = cameras.get_intrinsics_matrices().reshape(batch, 3, 3)
+        packed = self._to_device(torch.cat([pose.reshape(-1), K.reshape(-1)]).float())
+        pose, K = packed[: 12 * batch].view(batch, 3, 4), packed[12 * batch :].view(batch, 3, 3)
+        per_frame = [self._frame_gaussians(pose[b : b + 1], frames[b]) for b in range(batch)]
+        means, quats, scales, colors, opacities = (torch.stack([f[i] for f in per_frame]) for i in range(5))
+        backend = self.config.rasterizer if self.config.rasterizer != "auto" else backend_for(means.device)
+        render, alpha = rasterize_frames(
+            means, quats, torch.exp(scales), torch.sigmoid(opacities).squeeze(-1), colors, get_viewmat(pose), K,
+            pose[:, :3, 3], W, H, per_frame[0][5], backend, rasterize_mode=self.config.rasterize_mode,
+        )  # fmt: skip
+        return torch.clamp(render[..., :3] + (1 - alpha) * self._background_for(H, W), 0.0, 1.0)
+
+    def _render_view(
+        self, camera_to_world: torch.Tensor, K: torch.Tensor, W: int, H: int, frame_idx: int
+    ) -> Dict[str, Union[torch.Tensor, List]]:
+        """Render one view: camera_to_world [1, 3, 4] and K [1, 3, 3] on the model's device, the
+        image size and the drive frame as Python ints (so nothing here waits for the GPU)."""
+        self._last_frame_idx = frame_idx
+        with record_function("gstalker.deform"):
+            means, quats, scales, colors, opacities, sh_degree = self._frame_gaussians(camera_to_world, frame_idx)
+        viewmat = get_viewmat(camera_to_world)
+        self.last_size = (H, W)
         depth_wanted = self.config.output_depth_during_training or not self.training
         render_mode = "RGB+ED" if depth_wanted and getattr(self, "_depth_at_inference", True) else "RGB"
         backend = self.config.rasterizer if self.config.rasterizer != "auto" else backend_for(means.device)
