@@ -44,6 +44,15 @@ def _camera(pipe, frame):
     return camera
 
 
+def _moving_head(model):
+    """Stage 2 on, an offset layer that moves Gaussians visibly, inference mode."""
+    model.deformation_enabled.fill_(True)
+    with torch.no_grad():
+        model.head_field.head[-1].weight.normal_(std=0.5)
+    model.eval()
+    return model
+
+
 def test_stages_and_gradients(pipeline):
     pipe, optimizers = pipeline
     model = pipe.model
@@ -87,11 +96,7 @@ def test_product_render_path_matches_get_outputs_and_mouth_override_applies(pipe
     get_outputs renders; a hand-set expression (the viewer's mouth control) replaces the audio's
     code at inference only, and a wider opening level moves the mouth further."""
     pipe, _ = pipeline
-    model = pipe.model
-    model.deformation_enabled.fill_(True)
-    with torch.no_grad():
-        model.head_field.head[-1].weight.normal_(std=0.5)
-    model.eval()
+    model = _moving_head(pipe.model)
     with torch.no_grad():
         direct = model.get_outputs(_camera(pipe, 5))["rgb"]
         product = model.get_outputs_for_camera(_camera(pipe, 5))["rgb"]
@@ -125,11 +130,7 @@ def test_batched_render_matches_one_frame_at_a_time(pipeline):
     from nerfstudio.cameras.cameras import Cameras
 
     pipe, _ = pipeline
-    model = pipe.model
-    model.deformation_enabled.fill_(True)
-    with torch.no_grad():
-        model.head_field.head[-1].weight.normal_(std=0.5)
-    model.eval()
+    model = _moving_head(pipe.model)
     frames = [2, 9, 16]
     singles = [_camera(pipe, f) for f in frames]
     stacked = Cameras(
