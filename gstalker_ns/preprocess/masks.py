@@ -226,9 +226,8 @@ def label_map(person: np.ndarray, points_478: Optional[np.ndarray], height: int,
     brow_u = float(np.mean((pts[list(EYEBROWS)] - centre) @ up))
     mouth_u = float(np.mean((pts[list(MOUTH_CORNERS)] - centre) @ up))
 
-    ys, xs = np.mgrid[0:height, 0:width]
-    dx = xs + 0.5 - centre[0]
-    dy = ys + 0.5 - centre[1]
+    dx = (np.arange(width) + 0.5 - centre[0])[None, :]  # broadcast: the same values as a full grid,
+    dy = (np.arange(height) + 0.5 - centre[1])[:, None]  # without building two [H, W] index arrays
     u = dx * up[0] + dy * up[1]
     s = np.abs(dx * side[0] + dy * side[1])
     span = s <= HEAD_SPAN * half_width
