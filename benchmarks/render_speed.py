@@ -38,12 +38,11 @@ SCOPES = ("gstalker.deform", "gstalker.raster", "gstalker.composite")
 
 
 def _held_out_cameras(pipeline):
-    """One-camera `Cameras` on the host, one per held-out frame (training frames if none)."""
+    """The held-out frames' `Cameras` on the host (training frames if none)."""
     dataset = pipeline.datamanager.eval_dataset
     if dataset is None or len(dataset) == 0:
         dataset = pipeline.datamanager.train_dataset
-    cameras = dataset.cameras
-    return [cameras[i : i + 1] for i in range(cameras.shape[0])]
+    return dataset.cameras
 
 
 def _sync():
@@ -136,24 +135,13 @@ def render_loop(model, pipeline, frames: int) -> Dict:
     return {"frames": count, "frames_per_s": round(count / wall, 1), "how": "render_frames, uint8 on the host, no encoder"}
 
 
-def batched(model, cameras: List, batch: int, rounds: int = 10) -> Dict:
+def batched(model, cameras, batch: int, rounds: int = 10) -> Dict:
     if not hasattr(model, "render_batch"):
         return {"unavailable": "this version has no batched renderer"}
     import torch
 
-    from nerfstudio.cameras.cameras import Cameras
-
-    group = cameras[:batch]
-    stacked = Cameras(
-        camera_to_worlds=torch.cat([c.camera_to_worlds for c in group]),
-        fx=torch.cat([c.fx for c in group]),
-        fy=torch.cat([c.fy for c in group]),
-        cx=torch.cat([c.cx for c in group]),
-        cy=torch.cat([c.cy for c in group]),
-        width=torch.cat([c.width for c in group]),
-        height=torch.cat([c.height for c in group]),
-        metadata={"frame_idx": torch.cat([c.metadata["frame_idx"] for c in group])},
-    )
+    stacked = cameras[:batch]  # one Cameras of `batch` frames
+    group = [stacked[i : i + 1] for i in range(stacked.shape[0])]
     from gstalker_ns.render.frames import colour_only
 
     with torch.no_grad(), colour_only(model):
@@ -183,7 +171,8 @@ def measure(config: Path, frames: int, batch: int) -> Dict:
     pipeline, _, _, _ = load_trained_pipeline(config)
     model = pipeline.model
     model.eval()
-    cameras = _held_out_cameras(pipeline)
+    all_cameras = _held_out_cameras(pipeline)
+    cameras = [all_cameras[i : i + 1] for i in range(all_cameras.shape[0])]  # one camera per frame
     result = {
         "config": str(config),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
@@ -193,7 +182,7 @@ def measure(config: Path, frames: int, batch: int) -> Dict:
     result["batch1"] = batch1_latency(model, cameras, frames)
     result["breakdown_ms"] = breakdown(model, cameras, min(frames, 50))
     result["render_loop"] = render_loop(model, pipeline, frames)
-    result["batched"] = batched(model, cameras, batch)
+    result["batched"] = batched(model, all_cameras, batch)
     return result
 
 

@@ -426,7 +426,10 @@ class GSTalkerModel(SplatfactoModel):
             index = int(torch.as_tensor(camera.metadata["frame_idx"]).reshape(-1)[0].item())
         else:
             index = int(self.viewer_frame_idx)
-        return max(0, min(index, len(self.audio_table) - 1))
+        return self._clamp_frame(index)
+
+    def _clamp_frame(self, index: int) -> int:
+        return max(0, min(int(index), len(self.audio_table) - 1))
 
     def _deforming(self) -> bool:
         """Whether stage 2 is on, as a Python bool: the buffer lives on the GPU, so it is read once
@@ -448,12 +451,18 @@ class GSTalkerModel(SplatfactoModel):
         self.set_crop(obb_box)
         if self._get_downscale_factor() != 1 or camera.shape[0] != 1:
             return self.get_outputs(camera.to(self.device))
-        frame_idx = self._frame_index(camera)
-        W, H = int(camera.width.reshape(-1)[0]), int(camera.height.reshape(-1)[0])
-        pose = camera.camera_to_worlds.reshape(1, 3, 4)
-        K = camera.get_intrinsics_matrices().reshape(1, 3, 3)
+        pose, K, W, H = self._cameras_on_device(camera)
+        return self._render_view(pose, K, W, H, self._frame_index(camera))
+
+    def _cameras_on_device(self, cameras: Cameras) -> Tuple[torch.Tensor, torch.Tensor, int, int]:
+        """(camera-to-world [B, 3, 4], K [B, 3, 3]) on the device, moved as one small
+        non-blocking copy, and the image size (width, height) read on the host."""
+        batch = cameras.shape[0]
+        W, H = int(cameras.width.reshape(-1)[0]), int(cameras.height.reshape(-1)[0])
+        pose = cameras.camera_to_worlds.reshape(batch, 3, 4)
+        K = cameras.get_intrinsics_matrices().reshape(batch, 3, 3)
         packed = self._to_device(torch.cat([pose.reshape(-1), K.reshape(-1)]).float())
-        return self._render_view(packed[:12].view(1, 3, 4), packed[12:].view(1, 3, 3), W, H, frame_idx)
+        return packed[: 12 * batch].view(batch, 3, 4), packed[12 * batch :].view(batch, 3, 3), W, H
 
     @contextlib.contextmanager
     def colour_only(self) -> Iterator[None]:
@@ -594,6 +603,10 @@ class GSTalkerModel(SplatfactoModel):
         camera.rescale_output_resolution(scale_factor)
         return self._render_view(camera.camera_to_worlds, K, W, H, self._frame_index(camera))
 
+    def _backend(self, device: torch.device) -> str:
+        """The configured rasterizer; "auto" defers to gstalker_ns.splatting (and its env override)."""
+        return self.config.rasterizer if self.config.rasterizer != "auto" else backend_for(device)
+
     def _frame_gaussians(self, camera_to_world: torch.Tensor, frame_idx: int) -> Tuple[torch.Tensor, ...]:
         """(means, quats, log-scales, colours or SH, opacity logits, SH degree) of one frame."""
         means, quats, scales = self.deformed_gaussians(camera_to_world, frame_idx)
@@ -615,20 +628,13 @@ class GSTalkerModel(SplatfactoModel):
         rasterization (gstalker_ns.splatting.batched): for rendering files, not the viewer."""
         from gstalker_ns.splatting.batched import rasterize_frames
 
-        frames = [int(f) for f in torch.as_tensor(cameras.metadata["frame_idx"]).reshape(-1).tolist()]
-        frames = [max(0, min(f, len(self.audio_table) - 1)) for f in frames]
-        W, H = int(cameras.width.reshape(-1)[0]), int(cameras.height.reshape(-1)[0])
-        batch = len(frames)
-        pose = cameras.camera_to_worlds.reshape(batch, 3, 4)
-        K = cameras.get_intrinsics_matrices().reshape(batch, 3, 3)
-        packed = self._to_device(torch.cat([pose.reshape(-1), K.reshape(-1)]).float())
-        pose, K = packed[: 12 * batch].view(batch, 3, 4), packed[12 * batch :].view(batch, 3, 3)
-        per_frame = [self._frame_gaussians(pose[b : b + 1], frames[b]) for b in range(batch)]
+        frames = [self._clamp_frame(f) for f in torch.as_tensor(cameras.metadata["frame_idx"]).reshape(-1).tolist()]
+        pose, K, W, H = self._cameras_on_device(cameras)
+        per_frame = [self._frame_gaussians(pose[b : b + 1], frames[b]) for b in range(len(frames))]
         means, quats, scales, colors, opacities = (torch.stack([f[i] for f in per_frame]) for i in range(5))
-        backend = self.config.rasterizer if self.config.rasterizer != "auto" else backend_for(means.device)
         render, alpha = rasterize_frames(
             means, quats, torch.exp(scales), torch.sigmoid(opacities).squeeze(-1), colors, get_viewmat(pose), K,
-            pose[:, :3, 3], W, H, per_frame[0][5], backend, rasterize_mode=self.config.rasterize_mode,
+            pose[:, :3, 3], W, H, per_frame[0][5], self._backend(means.device), rasterize_mode=self.config.rasterize_mode,
         )  # fmt: skip
         return torch.clamp(render[..., :3] + (1 - alpha) * self._background_for(H, W), 0.0, 1.0)
 
@@ -644,10 +650,9 @@ class GSTalkerModel(SplatfactoModel):
         self.last_size = (H, W)
         depth_wanted = self.config.output_depth_during_training or not self.training
         render_mode = "RGB+ED" if depth_wanted and getattr(self, "_depth_at_inference", True) else "RGB"
-        backend = self.config.rasterizer if self.config.rasterizer != "auto" else backend_for(means.device)
         with record_function("gstalker.raster"):
             render, alpha, self.info = rasterize(
-                backend=backend,
+                backend=self._backend(means.device),
                 means=means,
                 quats=quats,
                 scales=torch.exp(scales),

@@ -158,7 +158,6 @@ def person_masks(
     import mediapipe as mp
 
     from gstalker_ns.native_logs import start_graph_quietly
-    from gstalker_ns.preprocess.parallel import default_workers
 
     def build():
         return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
@@ -185,7 +184,7 @@ def person_masks(
 
     bar = progress_bar(None, "segment", progress)
     try:
-        for person in ordered_map(segment, frames, workers=workers or default_workers()):
+        for person in ordered_map(segment, frames, workers=workers):
             bar.update(1)
             yield person
     finally:

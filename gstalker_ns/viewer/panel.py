@@ -12,10 +12,10 @@ How it works
   `model.viewer_frame_idx`. Our wrapper around `model.get_outputs_for_camera` sets that frame
   and, for an uploaded clip or a blink override, swaps the model's drive tables in for that one
   render and back afterwards; "Mouth by hand" likewise sets the model's `expression_override`
-  (a code from `model.expression_for_opening`) for that render only. The viewer's render thread holds nerfstudio's train lock around
-  the call, so a training step never sees the swapped tables; `_render_lock` additionally keeps
-  two tabs' renders from interleaving. Cameras that carry `frame_idx` (training, evaluation)
-  pass through untouched.
+  (a code from `model.expression_for_opening`) for that render only. The viewer's render thread
+  holds nerfstudio's train lock around the call, so a training step never sees the swapped
+  tables; `_render_lock` additionally keeps two tabs' renders from interleaving. Cameras that
+  carry `frame_idx` (training, evaluation) pass through untouched.
 - Sound: see `gstalker_ns.viewer.mdx`: each tab plays the clip from a data URL and steers it
   towards the server clock, which is republished ~10 times a second while playing.
 - Uploads: see `gstalker_ns.viewer.uploads`; decoding and featurising run in viser's callback
@@ -318,8 +318,9 @@ class AudioPanel(ViewerControl):
         buffers = model._buffers
         attrs = model.__dict__
         with self._render_lock:
-            saved = (buffers["audio_table"], buffers["blink_table"], attrs.get("viewer_frame_idx", 0))
-            saved_expression = attrs.get("expression_override")
+            saved = (
+                buffers["audio_table"], buffers["blink_table"], attrs.get("viewer_frame_idx", 0), attrs.get("expression_override")
+            )  # fmt: skip
             if table is not None:
                 buffers["audio_table"] = table
             if blink is not None:
@@ -336,8 +337,7 @@ class AudioPanel(ViewerControl):
                     raise cause from None
                 raise
             finally:
-                buffers["audio_table"], buffers["blink_table"], attrs["viewer_frame_idx"] = saved
-                attrs["expression_override"] = saved_expression
+                buffers["audio_table"], buffers["blink_table"], attrs["viewer_frame_idx"], attrs["expression_override"] = saved
 
     def _drive_now(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], int]:
         """(table or None, blink or None, frame) for the next render; None keeps the model's own."""
