@@ -14,7 +14,11 @@ needed for happens in the same call, in the same process that trained it. jobs.j
   test frames;
 - tasks: `eval` (gstalker-eval --also-tracked, frames packed for face mesh back home), `cross`
   (renders driven by other speakers, as in lipsync_generalization.py), `speed`
-  (render_speed.py's measurements);
+  (render_speed.py's measurements), `blinkfit` (gstalker-eval on the training frames around each
+  shut-eye frame: does the model close the eyes where it was shown them closed? Training frames,
+  so it can be looked at without touching the test or validation frames);
+- speed runs last, once every job of the call has finished its other tasks (timings taken while
+  another job still trains on the same GPU would not be clean);
 - `baseline: true` also trains plain splatfacto on the same frames (for LMD).
 
 The output is shaped like lipsync_generalization.py's `gpu` step (ret/summary.json, one
@@ -56,7 +60,45 @@ def _validation_folder(full: Path, target: Path) -> Path:
     return target
 
 
+def blink_frame_ranges(folder: Path, margin: int = 6, threshold: float = 0.5) -> str:
+    """'a-b,c-d': the training frames within `margin` of a shut-eye frame (blink >= threshold)."""
+    from gstalker_ns.data.dataparser import split_indices
+
+    meta = json.loads((folder / "transforms.json").read_text())
+    frames = sorted(meta["frames"], key=lambda f: f.get("frame_idx", 0))
+    train = [frames[i] for i in split_indices(len(frames), float(meta.get("eval_fraction", 1.0 / 11.0)), "train")]
+    shut = [int(f["frame_idx"]) for f in train if float(f.get("blink", 0.0)) >= threshold]
+    last = max(int(f["frame_idx"]) for f in train)
+    ranges: list = []
+    for k in shut:
+        lo, hi = max(0, k - margin), min(last, k + margin)
+        if ranges and lo <= ranges[-1][1] + 1:
+            ranges[-1][1] = max(ranges[-1][1], hi)
+        else:
+            ranges.append([lo, hi])
+    return ",".join(f"{a}-{b}" for a, b in ranges)
+
+
+def _mark_done(work: Path, name: str) -> None:
+    (work / f"{name}.done").write_text("done")
+
+
+def _wait_for_others(spec: Dict, work: Path) -> None:
+    """Until every job of the call has marked itself done (or the call's wait limit is reached)."""
+    names = [n for n in spec.get("_all_names", []) if n != spec["name"]]
+    until = float(spec.get("_wait_until", time.time()))
+    while time.time() < until and not all((work / f"{n}.done").exists() for n in names):
+        time.sleep(2.0)
+
+
 def run_job(spec: Dict, data: Path, work: Path, ret: Path) -> Dict:
+    try:
+        return _run_job(spec, data, work, ret)
+    finally:
+        _mark_done(work, spec["name"])
+
+
+def _run_job(spec: Dict, data: Path, work: Path, ret: Path) -> Dict:
     from gstalker_ns import _compat
 
     _compat.apply_all()
@@ -71,7 +113,7 @@ def run_job(spec: Dict, data: Path, work: Path, ret: Path) -> Dict:
         folder = _validation_folder(folder, work / "data" / f"{name}_val")
     if spec.get("trained"):  # a run this machine already holds (a back-to-back call): measure only
         runs = json.loads(Path(spec["trained"]).read_text())["runs"]
-        return _measure(spec, runs, data, work, ret)
+        return _measure(spec, runs, folder, data, work, ret)
     steps = int(spec.get("steps", 10000))
     budget = float(spec.get("budget", 500))
     trainings = {"gstalker": (steps, list(spec.get("extra", [])))}
@@ -85,10 +127,10 @@ def run_job(spec: Dict, data: Path, work: Path, ret: Path) -> Dict:
         runs = {f"{name}/{method}": future.result() for method, future in futures.items()}
     print(f"[{name}] trained: {json.dumps(runs)}", flush=True)
     (work / f"{name}_runs.json").write_text(json.dumps({"runs": runs}))
-    return _measure(spec, runs, data, work, ret)
+    return _measure(spec, runs, folder, data, work, ret)
 
 
-def _measure(spec: Dict, runs: Dict, data: Path, work: Path, ret: Path) -> Dict:
+def _measure(spec: Dict, runs: Dict, folder: Path, data: Path, work: Path, ret: Path) -> Dict:
     name, subject = spec["name"], spec["subject"]
     config = Path(runs[f"{name}/gstalker"]["config"])
     out: Dict = {"runs": runs, "cross_driven": {}}
@@ -117,10 +159,27 @@ def _measure(spec: Dict, runs: Dict, data: Path, work: Path, ret: Path) -> Dict:
 
         out["cross_driven"][name] = _cross_driven(config, data / subject, ret, name, subject)
 
-    # speed first: the GPU is otherwise idle then, so its timings are clean. One failing task
-    # must not cost the others (a GPU call cannot be repeated cheaply).
-    for task, run in (("speed", speed), ("eval", evaluate), ("cross", cross)):
+    def blinkfit() -> None:
+        from gstalker_ns.evaluation.cli import main as gstalker_eval
+        from pack_eval_frames import pack as pack_eval
+
+        ranges = blink_frame_ranges(folder)
+        out["blinkfit_frames"] = ranges
+        if not ranges:
+            return
+        ev = work / "blinkfit" / name
+        code = gstalker_eval(["--load-config", str(config), "--split", "train", "--frames", ranges, "--no-video",
+                              "--output-dir", str(ev), "--quiet"])  # fmt: skip
+        if code == 0:
+            pack_eval(ev, ret / f"{name}_blinkfit", quality=90)
+
+    # One failing task must not cost the others (a GPU call cannot be repeated cheaply). Speed
+    # last, after the other jobs of the call are done: then this job has the GPU to itself.
+    for task, run in (("eval", evaluate), ("blinkfit", blinkfit), ("cross", cross), ("speed", speed)):
         if task in tasks:
+            if task == "speed":
+                _mark_done(work, name)
+                _wait_for_others(spec, work)
             try:
                 run()
             except Exception as exc:  # noqa: BLE001 - reported in the summary
@@ -141,7 +200,9 @@ def coordinate(jobs_path: Path, data: Path, work: Path, out: Path, deadline: flo
     ret = work / "ret"
     ret.mkdir(parents=True, exist_ok=True)
     procs = []
+    names = [spec["name"] for spec in jobs]
     for spec in jobs:
+        spec = dict(spec, _all_names=names, _wait_until=time.time() + deadline - 90.0)
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(spec.get("gpu", 0)))
         log = open(work / f"{spec['name']}.log", "w")
         command = [sys.executable, __file__, "--job", json.dumps(spec), "--data", str(data), "--work", str(work), "--out", str(out)]

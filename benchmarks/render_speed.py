@@ -10,10 +10,12 @@ For the held-out cameras of the run, the audio frame advancing with each camera 
 - breakdown_ms: device time per frame under the model's profiler scopes (gstalker.deform,
   gstalker.raster, gstalker.composite), the whole frame's CPU time, and host synchronisations
   per frame (cudaStreamSynchronize / cudaDeviceSynchronize calls), from torch.profiler;
-- render_loop_frames_per_s: `gstalker_ns.render.video.render_frames` (frames rendered on the
-  device and copied to the host as uint8) without encoding: the GPU machine has no H.264 encoder;
-- batched: `model.render_batch` (B frames, each with its own deformed Gaussians, in one
-  rasterization): frames per second, and its largest difference from the single-frame renders.
+- render_loop / render_loop_batched: `gstalker_ns.render.video.render_frames` (frames rendered on
+  the device and copied to the host as uint8) without encoding, one frame per call and at the
+  product's batch size (`render_batch_size`); the GPU machine has no H.264 encoder;
+- batched, batched_by_size: `model.render_batch` (B frames, each with its own deformed Gaussians,
+  in one rasterization): frames per second, and its largest difference from single-frame renders.
+A part that fails is recorded as {"error": ...} and the others still run.
 
 It writes the JSON to --out; `--merge` adds the held-out quality numbers from a
 `gstalker-eval` metrics.json analysed elsewhere (the GPU machine lacks mediapipe).
@@ -118,32 +120,39 @@ def breakdown(model, cameras: List, frames: int = 50) -> Dict:
     return out
 
 
-def render_loop(model, pipeline, frames: int) -> Dict:
+def render_loop(model, pipeline, frames: int, batch: int = 1) -> Dict:
     """The product's render loop (render_frames, uint8 frames on the host), no encoding."""
     from gstalker_ns.drive.poses import pose_track
     from gstalker_ns.render.video import render_frames
 
     cameras = pipeline.datamanager.train_dataset.cameras
     rows = np.arange(frames) % len(model.audio_table)
-    for _ in render_frames(model, pose_track("train", 10, 25.0, 25.0, cameras), rows[:10]):  # warm
-        pass
+    for _ in render_frames(model, pose_track("train", 2 * batch, 25.0, 25.0, cameras), rows[: 2 * batch], batch=batch):
+        pass  # warm
     poses = pose_track("train", frames, 25.0, 25.0, cameras)
     _sync()
     start = time.perf_counter()
-    count = sum(1 for _ in render_frames(model, poses, rows))
+    count = sum(1 for _ in render_frames(model, poses, rows, batch=batch))
     wall = time.perf_counter() - start
-    return {"frames": count, "frames_per_s": round(count / wall, 1), "how": "render_frames, uint8 on the host, no encoder"}
+    return {
+        "frames": count,
+        "batch": batch,
+        "frames_per_s": round(count / wall, 1),
+        "how": "render_frames, uint8 on the host, no encoder",
+    }
 
 
 def batched(model, cameras, batch: int, rounds: int = 10) -> Dict:
+    """model.render_batch on `batch` held-out cameras: frames/s of the render alone (images stay on
+    the device), and the largest difference from rendering the same frames one at a time."""
     if not hasattr(model, "render_batch"):
         return {"unavailable": "this version has no batched renderer"}
     import torch
 
-    stacked = cameras[:batch]  # one Cameras of `batch` frames
-    group = [stacked[i : i + 1] for i in range(stacked.shape[0])]
     from gstalker_ns.render.frames import colour_only
 
+    stacked = cameras[: min(batch, cameras.shape[0])]  # one Cameras of `batch` frames
+    group = [stacked[i : i + 1] for i in range(stacked.shape[0])]
     with torch.no_grad(), colour_only(model):
         images = model.render_batch(stacked)
         singles = torch.stack([model.get_outputs_for_camera(c)["rgb"] for c in group])
@@ -158,6 +167,17 @@ def batched(model, cameras, batch: int, rounds: int = 10) -> Dict:
         "frames_per_s": round(len(group) * rounds / wall, 1),
         "max_abs_diff_vs_single_frames": round(float((images - singles).abs().max()), 6),  # must be ~0
     }
+
+
+def _guarded(result: Dict, key: str, fn, *args, **kwargs) -> None:
+    """One measurement; a failure is recorded instead of losing the others (a GPU call is costly)."""
+    try:
+        result[key] = fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON
+        import traceback
+
+        traceback.print_exc()
+        result[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def measure(config: Path, frames: int, batch: int) -> Dict:
@@ -179,10 +199,17 @@ def measure(config: Path, frames: int, batch: int) -> Dict:
         "gaussians": int(model.num_points),
         "image": [int(cameras[0].height.item()), int(cameras[0].width.item())],
     }
-    result["batch1"] = batch1_latency(model, cameras, frames)
-    result["breakdown_ms"] = breakdown(model, cameras, min(frames, 50))
-    result["render_loop"] = render_loop(model, pipeline, frames)
-    result["batched"] = batched(model, all_cameras, batch)
+    from gstalker_ns.render.video import render_batch_size
+
+    _guarded(result, "batch1", batch1_latency, model, cameras, frames)
+    _guarded(result, "breakdown_ms", breakdown, model, cameras, min(frames, 50))
+    _guarded(result, "render_loop", render_loop, model, pipeline, frames, 1)
+    _guarded(result, "render_loop_batched", render_loop, model, pipeline, frames, render_batch_size(model))
+    _guarded(result, "batched", batched, model, all_cameras, batch)
+    sizes = {}
+    for size in (4, 8, 32, 64):
+        _guarded(sizes, str(size), batched, model, all_cameras, size)
+    result["batched_by_size"] = sizes
     return result
 
 

@@ -86,8 +86,8 @@ def test_lazy_datamanager_serves_frames_with_frame_idx(tmp_path):
 
 
 def test_blink_frames_can_be_drawn_more_often(tmp_path):
-    """blink_repeat: frames with shut eyes come `blink_repeat` times per pass, the rest once, in a
-    seeded order (the same every run); 1 leaves nerfstudio's sampling alone."""
+    """blink_share: frames with shut eyes are drawn until they make up about that share of a pass,
+    the rest once, in a seeded order (the same every run); 0 leaves nerfstudio's sampling alone."""
     import json
 
     from gstalker_ns.data.datamanager import TalkingPortraitDatamanagerConfig
@@ -98,19 +98,32 @@ def test_blink_frames_can_be_drawn_more_often(tmp_path):
         frame["blink"] = 1.0 if frame["frame_idx"] in (3, 7) else (0.4 if frame["frame_idx"] == 9 else 0.0)
     (root / "transforms.json").write_text(json.dumps(meta))
 
-    def one_pass(repeat):
+    def one_pass(share):
         config = TalkingPortraitDatamanagerConfig(
-            dataparser=TalkingPortraitDataParserConfig(data=root, num_seed_points=300), blink_repeat=repeat
+            dataparser=TalkingPortraitDataParserConfig(data=root, num_seed_points=300), blink_share=share
         )
         manager = config.setup(device="cpu", test_mode="val")
         frames = manager.train_dataset.cameras.metadata["frame_idx"].reshape(-1).tolist()
         return [frames[i] for i in manager.sample_train_cameras()]
 
-    plain, tripled = one_pass(1), one_pass(3)
+    plain, boosted = one_pass(0.0), one_pass(0.25)
     assert sorted(plain) == list(range(20))
-    counts = {f: tripled.count(f) for f in set(tripled)}
-    assert counts[3] == counts[7] == 3 and counts[9] == 1 and len(tripled) == 24
-    assert tripled == one_pass(3)  # seeded
+    counts = {f: boosted.count(f) for f in set(boosted)}
+    # 2 shut of 20: r = 0.25 * 18 / (0.75 * 2) = 3 -> 6 of 24 draws
+    assert counts[3] == counts[7] == 3 and counts[9] == 1 and len(boosted) == 24
+    assert boosted == one_pass(0.25)  # seeded
+    assert sorted(one_pass(0.05)) == list(range(20))  # already 10% shut: no repeats
+
+
+def test_blink_repeat_reaches_the_share():
+    from gstalker_ns.data.datamanager import blink_repeat
+
+    assert blink_repeat(1144, 16, 0.1) == 8  # dfrf_french's training part
+    assert blink_repeat(1240, 40, 0.1) == 3
+    assert blink_repeat(100, 20, 0.1) == 1  # blinks often enough already
+    assert blink_repeat(100, 0, 0.1) == 1 and blink_repeat(100, 5, 0.0) == 1
+    r = blink_repeat(409, 3, 0.1)
+    assert abs(3 * r / (406 + 3 * r) - 0.1) < 0.01
 
 
 @pytest.mark.parametrize(

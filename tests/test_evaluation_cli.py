@@ -217,6 +217,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "--baseline splatfacto" in _error(["--load-config", "x.yml", "--baseline-steps", "5"], capsys)
     assert "at least 1" in _error(["--load-config", "x.yml", "--max-frames", "0"], capsys)
     assert "0 or more" in _error(["--load-config", "x.yml", "--min-av-seconds", "-1"], capsys)
+    assert "ranges like" in _error(["--load-config", "x.yml", "--frames", "3-x"], capsys)
+    assert "from <= to" in _error(["--load-config", "x.yml", "--frames", "9-3"], capsys)
     assert "does not apply" in _error(["--lipsync-from", str(tmp_path), "--baseline", "splatfacto"], capsys)
 
 
@@ -253,3 +255,16 @@ def test_also_tracked_renders_the_run_driven_by_the_tracked_expression(tiny_run,
     assert sorted(index["methods"]) == ["gstalker", "gstalker_tracked"]
     rendered = {m: sorted(p.name for p in (out / "frames" / m).glob("*.png")) for m in index["methods"]}
     assert rendered["gstalker_tracked"] == rendered["gstalker"] and len(rendered["gstalker"]) >= 5
+
+
+def test_frames_picks_video_frames_of_the_split(tiny_run, tmp_path, capsys):
+    """--frames renders only the named video frames (ranges inclusive), and refuses frames outside the split."""
+    from gstalker_ns.evaluation.cli import parse_frame_ranges
+
+    assert parse_frame_ranges("7, 2-4,3") == [2, 3, 4, 7]
+    _, config, _ = tiny_run
+    out = tmp_path / "eval"
+    assert main(["--load-config", str(config), "--output-dir", str(out), "--split", "train", "--frames", "2-4,9", "--no-video", "-q"]) == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    assert payload["frame_idx"] == [2, 3, 4, 9]
+    assert "none of the frames" in _error(["--load-config", str(config), "--output-dir", str(tmp_path / "e2"), "--frames", "2-4", "-q"], capsys)

@@ -134,6 +134,21 @@ def test_video_frame_k_is_render_k_with_audio_row_k(run, pipeline, tmp_path):
     assert np.array_equal(distance.argmin(axis=1), np.arange(len(direct)))
 
 
+def test_batched_render_loop_gives_the_same_frames(pipeline):
+    """render_frames in batches (what gstalker-render does on a GPU) yields the frames of the
+    one-at-a-time loop, in order, the last batch short."""
+    from gstalker_ns.drive.poses import pose_track
+    from gstalker_ns.render.video import render_frames
+
+    model = pipeline.model
+    poses = pose_track("train", 7, 25.0, 25.0, pipeline.datamanager.train_dataset.cameras)
+    rows = [3, 0, 5, 1, 4, 2, 6]
+    one = np.stack(list(render_frames(model, poses, rows, batch=1)))
+    batched = np.stack(list(render_frames(model, poses, rows, batch=3)))
+    assert batched.shape == one.shape == (7, *one.shape[1:])
+    assert np.abs(batched.astype(int) - one).max() <= 1  # rounding to uint8 only
+
+
 def test_pose_sources_and_blink_options_render(run, tmp_path, capsys):
     config, subject = run
     wave, rate = speech(subject, 0.6)

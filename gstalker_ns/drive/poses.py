@@ -64,16 +64,23 @@ class PoseTrack:
 
     def camera(self, k: int, frame_idx: int, scale: float = 1.0) -> Cameras:
         """Output frame k as a one-camera `Cameras` driven by audio row `frame_idx`."""
+        return self.cameras(k, k + 1, [frame_idx], scale)
+
+    def cameras(self, start: int, stop: int, frame_idx, scale: float = 1.0) -> Cameras:
+        """Output frames start..stop-1 as one `Cameras` (for batched renders), frame k driven by
+        audio row frame_idx[k - start]."""
+        n = stop - start
+        rows = torch.as_tensor(np.asarray(frame_idx, dtype=np.int64).reshape(n, 1))
         return Cameras(
-            camera_to_worlds=self.camera_to_worlds[k : k + 1],
-            fx=self.fx[k : k + 1].reshape(1, 1) * scale,
-            fy=self.fy[k : k + 1].reshape(1, 1) * scale,
-            cx=self.cx[k : k + 1].reshape(1, 1) * scale,
-            cy=self.cy[k : k + 1].reshape(1, 1) * scale,
+            camera_to_worlds=self.camera_to_worlds[start:stop],
+            fx=self.fx[start:stop].reshape(n, 1) * scale,
+            fy=self.fy[start:stop].reshape(n, 1) * scale,
+            cx=self.cx[start:stop].reshape(n, 1) * scale,
+            cy=self.cy[start:stop].reshape(n, 1) * scale,
             width=int(round(self.width * scale)),
             height=int(round(self.height * scale)),
             camera_type=CameraType.PERSPECTIVE,
-            metadata={"frame_idx": torch.tensor([[frame_idx]], dtype=torch.long)},
+            metadata={"frame_idx": rows},
         )
 
 

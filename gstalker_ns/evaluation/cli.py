@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames to evaluate: test = the held-out end of the clip (default), train, or all in clip order",
     )
     parser.add_argument("--max-frames", type=int, help="only the first N frames of the split (quick looks)")
+    parser.add_argument(
+        "--frames",
+        metavar="RANGES",
+        help="only these video frames of the split, e.g. 70-90,800-812 (inclusive ranges): a closer look at "
+        "moments such as blinks",
+    )
     parser.add_argument("--data", type=Path, help="the training folder, if it moved since training")
     base = parser.add_argument_group("baseline")
     base.add_argument(
@@ -128,7 +134,7 @@ def _check(args: argparse.Namespace) -> None:
     if (args.load_config is None) == (args.lipsync_from is None):
         raise GstalkerUserError("pass either --load-config CONFIG (render and evaluate) or --lipsync-from DIR (re-analyse saved frames)")
     if args.lipsync_from is not None:
-        for flag in ("baseline", "baseline_config", "baseline_steps", "max_frames", "data"):
+        for flag in ("baseline", "baseline_config", "baseline_steps", "max_frames", "frames", "data"):
             if getattr(args, flag):
                 raise GstalkerUserError(f"--{flag.replace('_', '-')} does not apply to --lipsync-from (the frames are already rendered)")
         if args.split != "test":
@@ -141,12 +147,33 @@ def _check(args: argparse.Namespace) -> None:
         raise GstalkerUserError(f"--baseline-steps must be at least 1, got {args.baseline_steps}")
     if not args.min_av_seconds >= 0:
         raise GstalkerUserError(f"--min-av-seconds must be 0 or more, got {args.min_av_seconds}")
+    if args.frames is not None:
+        args.frames = parse_frame_ranges(args.frames)
     if args.max_frames is not None and args.max_frames < 1:
         raise GstalkerUserError(f"--max-frames must be at least 1, got {args.max_frames}")
     # before the slow imports: the commonest mistake is a mistyped path
     for flag, path in (("--load-config", args.load_config), ("--baseline-config", args.baseline_config), ("--data", args.data)):
         if path is not None and not Path(path).exists():
             raise GstalkerUserError(f"{flag} {path}: not found; check the path")
+
+
+def parse_frame_ranges(text: str) -> List[int]:
+    """'70-90,800,805-812' -> the sorted video frame indices (ranges inclusive)."""
+    frames = set()
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise GstalkerUserError(f"--frames {text!r}: expected ranges like 70-90,800-812 (frame indices)") from None
+        if a < 0 or b < a:
+            raise GstalkerUserError(f"--frames {text!r}: {part} is not a range of frame indices (from <= to, both >= 0)")
+        frames.update(range(a, b + 1))
+    if not frames:
+        raise GstalkerUserError(f"--frames {text!r}: names no frame")
+    return sorted(frames)
 
 
 def _free_memory() -> None:
@@ -172,7 +199,7 @@ def render_step(args: argparse.Namespace, out_dir: Path):
 
     progress = not args.quiet
     pipeline, config, checkpoint, step = load_trained_pipeline(args.load_config, "gstalker", data=args.data)
-    refs = render_pass.split_frames(pipeline, args.split, args.max_frames)
+    refs = render_pass.split_frames(pipeline, args.split, args.max_frames, args.frames)
     metadata = render_pass.clip_metadata(pipeline)
     camera = refs[0].dataset.cameras
     store = FrameStore.create(
@@ -218,7 +245,7 @@ def _baseline(args: argparse.Namespace, store, out_dir: Path, dataparser: Any, g
         if not trained["trained_here"]:
             _say(args, f"using the {method} baseline already trained in {config_path.parent} (--retrain-baseline to train again)")
     pipeline, _, checkpoint, step = baseline.load_baseline(config_path, method, data=args.data)
-    refs = render_pass.split_frames(pipeline, store.index["split"], args.max_frames)
+    refs = render_pass.split_frames(pipeline, store.index["split"], args.max_frames, args.frames)
     frames = [r.frame for r in refs]
     if frames != store.frame_idx:
         raise GstalkerUserError(

@@ -2,9 +2,10 @@
 
 Splits: ``test`` (the held-out frames: the last 1/11 of the clip unless the run says otherwise),
 ``train``, ``all`` (both, in clip order). Each camera renders the video frame its
-``metadata["frame_idx"]`` names, at the dataset's resolution, one frame at a time (batch 1);
-the render time per frame is measured around ``get_outputs_for_camera`` with CUDA synchronised
-before and after (it includes everything the model does for a frame, not the PNG writing).
+``metadata["frame_idx"]`` names, at the dataset's resolution; on a GPU several frames go through
+one rasterization (``model.render_batch``, as in gstalker-render), on the CPU one at a time. The
+render time per frame is measured around the model's call with CUDA synchronised before and after
+(everything the model does for the frames, not the PNG writing), divided by the frames it rendered.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class FrameRef:
     frame: int  # video frame index
 
 
-def split_frames(pipeline, split: str, max_frames: Optional[int] = None) -> List[FrameRef]:
-    """The frames of a split in clip order (the first ``max_frames`` of them when given)."""
+def split_frames(pipeline, split: str, max_frames: Optional[int] = None, only: Optional[List[int]] = None) -> List[FrameRef]:
+    """The frames of a split in clip order (only the video frames in ``only``, and the first
+    ``max_frames`` of them, when given)."""
     from gstalker_ns.drive.poses import frame_indices
 
     datamanager = pipeline.datamanager
@@ -48,6 +50,11 @@ def split_frames(pipeline, split: str, max_frames: Optional[int] = None) -> List
         for i, frame in enumerate(frame_indices(dataset.cameras).tolist()):
             refs.setdefault(int(frame), FrameRef(dataset, i, int(frame)))
     ordered = [refs[k] for k in sorted(refs)]
+    if only is not None:
+        wanted = set(int(k) for k in only)
+        ordered = [r for r in ordered if r.frame in wanted]
+        if not ordered:
+            raise GstalkerUserError(f"none of the frames asked for are in the {split} split of this run; check --frames and --split")
     if max_frames is not None:
         ordered = ordered[: max(1, int(max_frames))]
     if not ordered:
@@ -88,39 +95,59 @@ def write_ground_truth(store: FrameStore, refs: List[FrameRef], progress: bool) 
     store.save_index()
 
 
+def _batches(refs: List[FrameRef], size: int) -> List[List[FrameRef]]:
+    """Consecutive refs of one dataset, at most `size` per batch (a batch is one `Cameras`)."""
+    out: List[List[FrameRef]] = []
+    for ref in refs:
+        if out and len(out[-1]) < size and out[-1][0].dataset is ref.dataset:
+            out[-1].append(ref)
+        else:
+            out.append([ref])
+    return out
+
+
 @torch.no_grad()
 def render_into(store: FrameStore, pipeline, name: str, refs: List[FrameRef], info: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     """Render every frame of ``refs`` with the pipeline's model into ``store`` under ``name``."""
     from gstalker_ns.render.frames import colour_only, to_uint8
+    from gstalker_ns.render.video import render_batch_size
 
     model = pipeline.model
     model.eval()
     device = torch.device(model.device)
+    size = render_batch_size(model)
     seconds: List[float] = []
+    groups = _batches(refs, size)
     with progress_bar(len(refs), f"render {name}", progress) as bar, colour_only(model):
-        for ref in refs:
-            camera = ref.dataset.cameras[ref.index : ref.index + 1]  # the model moves what it needs
+        for group in groups:
+            index = torch.tensor([ref.index for ref in group])
+            cameras = group[0].dataset.cameras[index]  # the model moves what it needs
             _sync(device)
             start = time.perf_counter()
-            outputs = model.get_outputs_for_camera(camera)
+            if size == 1:
+                images = to_uint8(model.get_outputs_for_camera(cameras)["rgb"])[None]
+            else:
+                images = to_uint8(model.render_batch(cameras))
             _sync(device)
-            seconds.append(time.perf_counter() - start)
-            image = to_uint8(outputs["rgb"])
-            if image.shape[:2] != (store.index["height"], store.index["width"]):
-                raise GstalkerUserError(
-                    f"{name} renders {image.shape[1]}x{image.shape[0]} frames but the ground truth is "
-                    f"{store.index['width']}x{store.index['height']}; evaluate runs of the same dataset"
-                )
-            store.write(name, ref.frame, image)
-            bar.update(1)
-    timing = np.asarray(seconds[1:] if len(seconds) > 1 else seconds) * 1000.0  # the first frame warms up
+            seconds += [(time.perf_counter() - start) / len(group)] * len(group)
+            for ref, image in zip(group, images):
+                if image.shape[:2] != (store.index["height"], store.index["width"]):
+                    raise GstalkerUserError(
+                        f"{name} renders {image.shape[1]}x{image.shape[0]} frames but the ground truth is "
+                        f"{store.index['width']}x{store.index['height']}; evaluate runs of the same dataset"
+                    )
+                store.write(name, ref.frame, image)
+            bar.update(len(group))
+    warm = len(groups[0])  # the first call warms up
+    timing = np.asarray(seconds[warm:] if len(seconds) > warm else seconds) * 1000.0
     info = dict(info)
+    how = "batch 1, get_outputs_for_camera" if size == 1 else f"batches of {size} frames, render_batch, time per frame"
     info["render_ms_per_frame"] = {
         "median": round(float(np.median(timing)), 3),
         "p90": round(float(np.percentile(timing, 90)), 3),
         "frames_timed": int(timing.size),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "how": "batch 1, get_outputs_for_camera, CUDA synchronised before and after, first frame excluded",
+        "how": how + " (copy to the host included), CUDA synchronised before and after, first call excluded",
     }
     store.add_method(name, info)
     return info

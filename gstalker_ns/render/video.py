@@ -62,13 +62,35 @@ def driven(model, features: Optional[np.ndarray], blink: Optional[np.ndarray]):
         model.audio_table, model.blink_table = saved
 
 
+def render_batch_size(model) -> int:
+    """Frames per rasterization for file renders: several on a GPU (one tile pass for all of them,
+    `model.render_batch`), one on the CPU (the pure-PyTorch rasterizer renders frames one by one
+    anyway, and a batch only holds more memory)."""
+    if not hasattr(model, "render_batch"):
+        return 1
+    return RENDER_BATCH if torch.device(model.device).type == "cuda" else 1
+
+
+RENDER_BATCH = 16
+
+
 @torch.no_grad()
-def render_frames(model, poses: PoseTrack, rows: Sequence[int], scale: float = 1.0) -> Iterator[np.ndarray]:
-    """Render output frame k at pose k driven by feature row rows[k]; yields uint8 RGB frames."""
+def render_frames(
+    model, poses: PoseTrack, rows: Sequence[int], scale: float = 1.0, batch: Optional[int] = None
+) -> Iterator[np.ndarray]:
+    """Render output frame k at pose k driven by feature row rows[k]; yields uint8 RGB frames.
+    `batch` frames go through one rasterization (default: `render_batch_size`)."""
+    batch = render_batch_size(model) if batch is None else max(1, int(batch))
     with colour_only(model):
-        for k in range(len(poses)):
-            outputs = model.get_outputs_for_camera(poses.camera(k, int(rows[k]), scale))
-            yield to_uint8(outputs["rgb"])
+        if batch == 1:
+            for k in range(len(poses)):
+                outputs = model.get_outputs_for_camera(poses.camera(k, int(rows[k]), scale))
+                yield to_uint8(outputs["rgb"])
+            return
+        for start in range(0, len(poses), batch):
+            stop = min(start + batch, len(poses))
+            images = model.render_batch(poses.cameras(start, stop, [int(r) for r in rows[start:stop]], scale))
+            yield from to_uint8(images)  # one copy to the host for the whole batch
 
 
 def in_background(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
