@@ -164,7 +164,7 @@ def _measure(spec: Dict, runs: Dict, folder: Path, data: Path, work: Path, ret: 
         from pack_eval_frames import pack as pack_eval
 
         ranges = blink_frame_ranges(folder)
-        out["blinkfit_frames"] = ranges
+        out["blinkfit_frames"] = {name: ranges}
         if not ranges:
             return
         ev = work / "blinkfit" / name
@@ -194,6 +194,23 @@ def _measure(spec: Dict, runs: Dict, folder: Path, data: Path, work: Path, ret: 
     return out
 
 
+def merge_summaries(paths) -> Dict:
+    """The jobs' summaries as one: dict entries merged per key, anything else kept per job. Never
+    raises: a summary that cannot be merged must not cost the call's returned files (it did once)."""
+    summary: Dict = {"runs": {}, "cross_driven": {}}
+    for path in paths:
+        try:
+            part = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(summary.get(key, {}), dict):
+                summary.setdefault(key, {}).update(value)
+            else:
+                summary.setdefault("other", {})[f"{Path(path).stem}:{key}"] = value
+    return summary
+
+
 def coordinate(jobs_path: Path, data: Path, work: Path, out: Path, deadline: float) -> None:
     started = time.perf_counter()
     jobs = json.loads(jobs_path.read_text())
@@ -215,12 +232,7 @@ def coordinate(jobs_path: Path, data: Path, work: Path, out: Path, deadline: flo
             proc.kill()
             print(f"[jobs] {spec['name']} killed at the call's deadline", flush=True)
         log.close()
-    summary: Dict = {"runs": {}, "cross_driven": {}}
-    for spec in jobs:
-        part = ret / f"{spec['name']}_summary.json"
-        if part.exists():
-            for key, value in json.loads(part.read_text()).items():
-                summary.setdefault(key, {}).update(value)
+    summary = merge_summaries([ret / f"{spec['name']}_summary.json" for spec in jobs])
     summary["gpu_seconds"] = round(time.perf_counter() - started, 1)
     for spec in jobs:  # logs' tails travel back too
         log = work / f"{spec['name']}.log"

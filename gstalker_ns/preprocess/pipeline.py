@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -96,20 +97,38 @@ def shift_audio(wave: np.ndarray, sample_rate: int, offset_ms: float) -> np.ndar
     return np.concatenate([silence, wave[: len(wave) - shift]])
 
 
+def audio_sequence(wave: np.ndarray, rate: int):
+    """The clip's encoder sequence as recorded (before any re-alignment): what the offset is
+    estimated from, and the features themselves when no shift is applied. It depends on the
+    sound alone, so `process_video` computes it in a thread while the video stages run."""
+    from gstalker_ns.audio.features import default_feature_spec, whisper_sequence
+    from gstalker_ns.audio.io import _resample
+
+    spec = default_feature_spec()
+    wave16 = wave if rate == spec.sample_rate else _resample(wave, rate, spec.sample_rate)
+    return whisper_sequence(wave16, spec)
+
+
 def align_audio(
-    wave: np.ndarray, rate: int, num_frames: int, fps: float, track, valid: np.ndarray, audio_offset_ms: Optional[float]
+    wave: np.ndarray,
+    rate: int,
+    num_frames: int,
+    fps: float,
+    track,
+    valid: np.ndarray,
+    audio_offset_ms: Optional[float],
+    sequence: Optional[tuple] = None,
 ):
     """(features table, the re-aligned wave, offset record): the sound is shifted by the user's
-    `audio_offset_ms`, or by the offset estimated from the clip itself when that is None."""
-    from gstalker_ns.audio.features import default_feature_spec, extract_features, whisper_sequence
-    from gstalker_ns.audio.io import _resample
+    `audio_offset_ms`, or by the offset estimated from the clip itself when that is None.
+    `sequence`: `audio_sequence(wave, rate)` if already computed."""
+    from gstalker_ns.audio.features import default_feature_spec, extract_features
     from gstalker_ns.data.layout import split_indices
     from gstalker_ns.preprocess.av_offset import OffsetEstimate, estimate_offset
 
     spec = default_feature_spec()
-    wave16 = wave if rate == spec.sample_rate else _resample(wave, rate, spec.sample_rate)
     if audio_offset_ms is None:
-        sequence, feature_rate = whisper_sequence(wave16, spec)
+        sequence, feature_rate = sequence if sequence is not None else audio_sequence(wave, rate)
         # only training frames (the default split's) inform the estimate, and only tracked ones
         rows = [r for r in split_indices(num_frames, 1.0 / 11.0, "train") if valid[r]]
         estimate = estimate_offset(sequence, feature_rate, track.head_points, track.inner_lips, rows, fps, spec.window, spec.lookahead)
@@ -124,6 +143,16 @@ def align_audio(
     else:
         table = extract_features(wave, spec, num_frames=num_frames, wave_sample_rate=rate)
     return spec, table, wave, estimate
+
+
+def _import_quietly(name: str) -> None:
+    """Import a module ahead of its use; a failure is left for the stage that needs it to report."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - the real import raises it again, with the stage's message
+        pass
 
 
 def process_video(
@@ -158,8 +187,18 @@ def process_video(
         return now
 
     t = started
+    # mediapipe's import (about a second) overlaps the decoding, which runs mostly in PyAV's C code
+    importer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gstalker-import")
+    importer.submit(_import_quietly, "mediapipe")
+    importer.shutdown(wait=False)
     decoded = decode_video(video, cache / "decode", progress=progress)
     t = lap("decode", t)
+    # the sound's own part of the audio stage needs no video: it runs on the core that face
+    # tracking (one graph, one frame after another) leaves idle
+    wave, rate = read_wav(decoded.audio_path)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gstalker-audio")
+    sequence = pool.submit(audio_sequence, wave, rate) if audio_offset_ms is None else None
+    pool.shutdown(wait=False)
     raw = landmarks_stage(decoded.frames_dir, cache / "landmarks", progress=progress)
     track, report = fill_missing(raw, source=video.name, fps=decoded.fps)
     t = lap("landmarks", t)
@@ -170,15 +209,16 @@ def process_video(
     z = track.z * box.scale
     t = lap("crop", t)
 
-    poses = estimate_poses(points, z, track.valid, box.out_size, box.out_size)
-    t = lap("poses", t)
-
-    masks_dir = masks_stage(out_dir / "frames", points, cache / "masks", progress=progress)
-    masks_out = out_dir / "masks"
-    masks_out.mkdir(exist_ok=True)
-    for src in sorted(Path(masks_dir).glob("*.png")):
-        L.atomic_write_bytes(masks_out / src.name, src.read_bytes())
-    t = lap("masks", t)
+    # head poses (landmarks only) are fitted while the masks are segmented (frames only)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gstalker-poses") as poses_pool:
+        poses_job = poses_pool.submit(estimate_poses, points, z, track.valid, box.out_size, box.out_size)
+        masks_dir = masks_stage(out_dir / "frames", points, cache / "masks", progress=progress)
+        masks_out = out_dir / "masks"
+        masks_out.mkdir(exist_ok=True)
+        for src in sorted(Path(masks_dir).glob("*.png")):
+            L.atomic_write_bytes(masks_out / src.name, src.read_bytes())
+        poses = poses_job.result()
+    t = lap("poses_and_masks", t)
 
     plate, never_seen = background_plate(out_dir / "frames", masks_dir)
     write_background(out_dir / "background.png", plate)
@@ -186,8 +226,10 @@ def process_video(
 
     expression = face_mesh_track(points, z, poses.camera_to_world, poses.focal, poses.cx, poses.cy)
     expression.save(out_dir / EXPRESSION_FILE)
-    wave, rate = read_wav(decoded.audio_path)
-    spec, table, wave, offset = align_audio(wave, rate, decoded.num_frames, decoded.fps, expression, track.valid, audio_offset_ms)
+    spec, table, wave, offset = align_audio(
+        wave, rate, decoded.num_frames, decoded.fps, expression, track.valid, audio_offset_ms,
+        sequence.result() if sequence is not None else None,
+    )  # fmt: skip
     L.atomic_save_npy(out_dir / "audio_features.npy", table)
     write_wav(out_dir / "audio.wav", wave, rate)
     t = lap("audio_features", t)
