@@ -149,6 +149,29 @@ def test_batched_render_loop_gives_the_same_frames(pipeline):
     assert np.abs(batched.astype(int) - one).max() <= 1  # rounding to uint8 only
 
 
+def test_a_failing_batched_rasterizer_falls_back_to_single_frames(pipeline, monkeypatch):
+    """Another gsplat version may break the batched path: the loop warns once and renders the
+    same frames one at a time."""
+    from gstalker_ns.drive.poses import pose_track
+    from gstalker_ns.render import video
+
+    model = pipeline.model
+    poses = pose_track("train", 5, 25.0, 25.0, pipeline.datamanager.train_dataset.cameras)
+    rows = [0, 1, 2, 3, 4]
+    expected = np.stack(list(video.render_frames(model, poses, rows, batch=1)))
+    calls = []
+
+    def broken(cameras):
+        calls.append(cameras.shape[0])
+        raise TypeError("isect_tiles() got an unexpected keyword argument")
+
+    monkeypatch.setattr(model, "render_batch", broken)
+    monkeypatch.setattr(video, "_BATCH_FAILED", {})
+    with pytest.warns(UserWarning, match="one frame at a time"):
+        frames = np.stack(list(video.render_frames(model, poses, rows, batch=2)))
+    assert np.array_equal(frames, expected) and calls == [2]  # tried once, then never again
+
+
 def test_pose_sources_and_blink_options_render(run, tmp_path, capsys):
     config, subject = run
     wave, rate = speech(subject, 0.6)

@@ -89,8 +89,32 @@ def render_frames(
             return
         for start in range(0, len(poses), batch):
             stop = min(start + batch, len(poses))
-            images = model.render_batch(poses.cameras(start, stop, [int(r) for r in rows[start:stop]], scale))
+            cameras = poses.cameras(start, stop, [int(r) for r in rows[start:stop]], scale)
+            images = batched_or_none(model, cameras)
+            if images is None:  # this install's rasterizer cannot batch: one frame at a time
+                for k in range(start, stop):
+                    yield to_uint8(model.get_outputs_for_camera(poses.camera(k, int(rows[k]), scale))["rgb"])
+                continue
             yield from to_uint8(images)  # one copy to the host for the whole batch
+
+
+_BATCH_FAILED: dict = {}
+
+
+def batched_or_none(model, cameras) -> Optional[torch.Tensor]:
+    """`model.render_batch(cameras)`, or None (with one warning) once it has failed on this model:
+    the batched path calls gsplat's lower-level functions, whose signatures another gsplat
+    version may change; the one-frame path is then still correct, only slower."""
+    if _BATCH_FAILED.get(id(model)):
+        return None
+    try:
+        return model.render_batch(cameras)
+    except (RuntimeError, TypeError, ValueError, AttributeError, ImportError) as exc:
+        import warnings
+
+        _BATCH_FAILED[id(model)] = True
+        warnings.warn(f"batched rendering failed ({type(exc).__name__}: {str(exc)[:200]}); rendering one frame at a time")
+        return None
 
 
 def in_background(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
