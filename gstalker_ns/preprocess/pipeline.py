@@ -173,7 +173,12 @@ def process_video(
     )
     from gstalker_ns.preprocess.masks import masks_stage
     from gstalker_ns.preprocess.pose import estimate_poses
-    from gstalker_ns.preprocess.previews import write_previews
+    from gstalker_ns.preprocess.previews import (
+        BACKGROUND_FILE,
+        PREVIEWS_DIR,
+        write_background_preview,
+        write_track_previews,
+    )
 
     video, out_dir = Path(video), Path(out_dir)
     check_output_folder(out_dir, video)
@@ -190,6 +195,7 @@ def process_video(
     # mediapipe's import (about a second) overlaps the decoding, which runs mostly in PyAV's C code
     importer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gstalker-import")
     importer.submit(_import_quietly, "mediapipe")
+    importer.submit(_import_quietly, "matplotlib.figure")
     importer.shutdown(wait=False)
     decoded = decode_video(video, cache / "decode", progress=progress)
     t = lap("decode", t)
@@ -220,21 +226,28 @@ def process_video(
         poses = poses_job.result()
     t = lap("poses_and_masks", t)
 
-    plate, never_seen = background_plate(out_dir / "frames", masks_dir)
-    write_background(out_dir / "background.png", plate)
-    t = lap("background", t)
-
-    expression = face_mesh_track(points, z, poses.camera_to_world, poses.focal, poses.cx, poses.cy)
-    expression.save(out_dir / EXPRESSION_FILE)
-    spec, table, wave, offset = align_audio(
-        wave, rate, decoded.num_frames, decoded.fps, expression, track.valid, audio_offset_ms,
-        sequence.result() if sequence is not None else None,
-    )  # fmt: skip
-    L.atomic_save_npy(out_dir / "audio_features.npy", table)
-    write_wav(out_dir / "audio.wav", wave, rate)
-    t = lap("audio_features", t)
-
+    # the previews that need no background plate are drawn while the plate is computed
     blink = np.nan_to_num(blink_from_ear(eye_aspect_ratio(points)), nan=0.0)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gstalker-previews") as previews_pool:
+        early_previews = previews_pool.submit(
+            write_track_previews, out_dir, out_dir / "frames", masks_out, points, poses, blink,
+            inner_lip_distance(points), track.valid, decoded.fps,
+        )  # fmt: skip
+        plate, never_seen = background_plate(out_dir / "frames", masks_dir)
+        write_background(out_dir / "background.png", plate)
+        t = lap("background", t)
+
+        expression = face_mesh_track(points, z, poses.camera_to_world, poses.focal, poses.cx, poses.cy)
+        expression.save(out_dir / EXPRESSION_FILE)
+        spec, table, wave, offset = align_audio(
+            wave, rate, decoded.num_frames, decoded.fps, expression, track.valid, audio_offset_ms,
+            sequence.result() if sequence is not None else None,
+        )  # fmt: skip
+        L.atomic_save_npy(out_dir / "audio_features.npy", table)
+        write_wav(out_dir / "audio.wav", wave, rate)
+        t = lap("audio_features", t)
+        overlays, tracks = early_previews.result()
+
     frames = [
         L.FrameEntry(
             frame_idx=k,
@@ -246,19 +259,7 @@ def process_video(
         for k in range(decoded.num_frames)
         if track.valid[k]
     ]
-    previews = write_previews(
-        out_dir,
-        out_dir / "frames",
-        masks_out,
-        points,
-        poses,
-        blink,
-        inner_lip_distance(points),
-        plate,
-        never_seen,
-        track.valid,
-        decoded.fps,
-    )
+    previews = [overlays, write_background_preview(out_dir / PREVIEWS_DIR / BACKGROUND_FILE, plate, never_seen), tracks]
     t = lap("previews", t)
     messages = list(report.messages)
     if never_seen.mean() > 0:

@@ -306,11 +306,28 @@ def write_previews(
     ``head_translation`` [N, 3], ``reprojection_error`` [N]); ``blink``, ``lip_distance``,
     ``valid``: [N]. Inputs are only read.
     """
+    overlays, tracks = write_track_previews(out_dir, frames_dir, masks_dir, points, poses, blink, lip_distance, valid, fps, num_samples)
+    return [overlays, write_background_preview(Path(out_dir) / PREVIEWS_DIR / BACKGROUND_FILE, plate, never_seen), tracks]
+
+
+def write_track_previews(
+    out_dir: Path,
+    frames_dir: Path,
+    masks_dir: Path,
+    points: np.ndarray,
+    poses,
+    blink: np.ndarray,
+    lip_distance: np.ndarray,
+    valid: np.ndarray,
+    fps: float,
+    num_samples: int = 6,
+) -> List[Path]:
+    """The two previews that need no background plate: [overlays, tracks] (gstalker-process draws
+    them while the plate is computed)."""
     out = Path(out_dir) / PREVIEWS_DIR
     out.mkdir(parents=True, exist_ok=True)
     valid = np.asarray(valid, dtype=bool)
     return [
         write_overlays(out / OVERLAYS_FILE, Path(frames_dir), Path(masks_dir), np.asarray(points), valid, fps, num_samples),
-        write_background_preview(out / BACKGROUND_FILE, plate, never_seen),
         write_tracks(out / TRACKS_FILE, poses, blink, lip_distance, valid, fps),
     ]
