@@ -72,14 +72,14 @@ class TalkingPortraitDatamanagerConfig(FullImageDatamanagerConfig):
     """Type of decoded frames handed to the model (uint8 saves memory; the model converts)."""
     prefetch_threads: int = 2
     """Threads that decode upcoming training frames in the background."""
-    blink_share: float = 0.1
+    blink_share: float = 0.0
     """Frames with shut eyes (blink value >= 0.5) are drawn more often, until they make up about
     this share of each pass over the training frames (0: drawn like every other frame). Real
-    speakers blink rarely: 16 of dfrf_french's 1144 training frames have shut eyes, and with
-    them drawn once per pass the field did not learn to close the eyes even on those frames
-    (eye-box L1 unchanged by the blink input); at 0.1 the eye-box error on them fell by 45% with
-    open eyes unchanged (RESULTS.md). A share, not a repeat count, so clips that blink often are
-    not oversampled further."""
+    speakers blink rarely: 16 of dfrf_french's 1144 training frames have shut eyes, and drawn once
+    per pass the field did not learn to close the eyes even on those frames; at 0.1 the eye-box
+    error on them fell by 45%, open eyes unchanged. Off by default: on the CPU demo (1500 steps) 0.1
+    cost the held-out mouth-opening correlation 0.72 -> 0.56 (RESULTS.md); its cost at GPU scale
+    is unmeasured. A share, not a repeat count, so clips that blink often are not oversampled further."""
 
 
 def blink_repeat(num_frames: int, num_shut: int, share: float) -> int:
