@@ -177,7 +177,7 @@ def process_video(
         BACKGROUND_FILE,
         PREVIEWS_DIR,
         write_background_preview,
-        write_track_previews,
+        write_previews,
     )
 
     video, out_dir = Path(video), Path(out_dir)
@@ -230,8 +230,8 @@ def process_video(
     blink = np.nan_to_num(blink_from_ear(eye_aspect_ratio(points)), nan=0.0)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gstalker-previews") as previews_pool:
         early_previews = previews_pool.submit(
-            write_track_previews, out_dir, out_dir / "frames", masks_out, points, poses, blink,
-            inner_lip_distance(points), track.valid, decoded.fps,
+            write_previews, out_dir, out_dir / "frames", masks_out, points, poses, blink,
+            inner_lip_distance(points), None, None, track.valid, decoded.fps,
         )  # fmt: skip
         plate, never_seen = background_plate(out_dir / "frames", masks_dir)
         write_background(out_dir / "background.png", plate)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -293,8 +293,8 @@ def write_previews(
     poses,
     blink: np.ndarray,
     lip_distance: np.ndarray,
-    plate: np.ndarray,
-    never_seen: np.ndarray,
+    plate: Optional[np.ndarray],
+    never_seen: Optional[np.ndarray],
     valid: np.ndarray,
     fps: float,
     num_samples: int = 6,
@@ -304,30 +304,15 @@ def write_previews(
     ``points``: [N, 478, 2] pixel coordinates of the frames in ``frames_dir``; ``poses``: a
     :class:`~gstalker_ns.preprocess.pose.PoseTrack` (or anything with ``head_rotation`` [N, 3, 3],
     ``head_translation`` [N, 3], ``reprojection_error`` [N]); ``blink``, ``lip_distance``,
-    ``valid``: [N]. Inputs are only read.
+    ``valid``: [N]. Inputs are only read. ``plate`` None: only the two previews that need no
+    background plate, [overlays, tracks] (gstalker-process draws them while the plate is computed,
+    then calls `write_background_preview`).
     """
-    overlays, tracks = write_track_previews(out_dir, frames_dir, masks_dir, points, poses, blink, lip_distance, valid, fps, num_samples)
-    return [overlays, write_background_preview(Path(out_dir) / PREVIEWS_DIR / BACKGROUND_FILE, plate, never_seen), tracks]
-
-
-def write_track_previews(
-    out_dir: Path,
-    frames_dir: Path,
-    masks_dir: Path,
-    points: np.ndarray,
-    poses,
-    blink: np.ndarray,
-    lip_distance: np.ndarray,
-    valid: np.ndarray,
-    fps: float,
-    num_samples: int = 6,
-) -> List[Path]:
-    """The two previews that need no background plate: [overlays, tracks] (gstalker-process draws
-    them while the plate is computed)."""
     out = Path(out_dir) / PREVIEWS_DIR
     out.mkdir(parents=True, exist_ok=True)
     valid = np.asarray(valid, dtype=bool)
-    return [
-        write_overlays(out / OVERLAYS_FILE, Path(frames_dir), Path(masks_dir), np.asarray(points), valid, fps, num_samples),
-        write_tracks(out / TRACKS_FILE, poses, blink, lip_distance, valid, fps),
-    ]
+    overlays = write_overlays(out / OVERLAYS_FILE, Path(frames_dir), Path(masks_dir), np.asarray(points), valid, fps, num_samples)
+    tracks = write_tracks(out / TRACKS_FILE, poses, blink, lip_distance, valid, fps)
+    if plate is None:
+        return [overlays, tracks]
+    return [overlays, write_background_preview(out / BACKGROUND_FILE, plate, never_seen), tracks]
