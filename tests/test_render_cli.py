@@ -166,7 +166,7 @@ def test_a_failing_batched_rasterizer_falls_back_to_single_frames(pipeline, monk
         raise TypeError("isect_tiles() got an unexpected keyword argument")
 
     monkeypatch.setattr(model, "render_batch", broken)
-    monkeypatch.setattr(video, "_BATCH_FAILED", {})
+    monkeypatch.setattr(model, "_batched_render_failed", False, raising=False)  # restored afterwards
     with pytest.warns(UserWarning, match="one frame at a time"):
         frames = np.stack(list(video.render_frames(model, poses, rows, batch=2)))
     assert np.array_equal(frames, expected) and calls == [2]  # tried once, then never again

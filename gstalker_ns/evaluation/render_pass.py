@@ -109,8 +109,8 @@ def _batches(refs: List[FrameRef], size: int) -> List[List[FrameRef]]:
 @torch.no_grad()
 def render_into(store: FrameStore, pipeline, name: str, refs: List[FrameRef], info: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     """Render every frame of ``refs`` with the pipeline's model into ``store`` under ``name``."""
-    from gstalker_ns.render.frames import colour_only, to_uint8
-    from gstalker_ns.render.video import batched_or_none, render_batch_size
+    from gstalker_ns.render.frames import colour_only
+    from gstalker_ns.render.video import render_batch_size, render_group
 
     model = pipeline.model
     model.eval()
@@ -124,11 +124,7 @@ def render_into(store: FrameStore, pipeline, name: str, refs: List[FrameRef], in
             cameras = group[0].dataset.cameras[index]  # the model moves what it needs
             _sync(device)
             start = time.perf_counter()
-            batch = batched_or_none(model, cameras) if size > 1 else None
-            if batch is None:
-                images = [to_uint8(model.get_outputs_for_camera(cameras[j : j + 1])["rgb"]) for j in range(len(group))]
-            else:
-                images = to_uint8(batch)
+            images = render_group(model, cameras)
             _sync(device)
             seconds += [(time.perf_counter() - start) / len(group)] * len(group)
             for ref, image in zip(group, images):

@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -82,39 +82,29 @@ def render_frames(
     `batch` frames go through one rasterization (default: `render_batch_size`)."""
     batch = render_batch_size(model) if batch is None else max(1, int(batch))
     with colour_only(model):
-        if batch == 1:
-            for k in range(len(poses)):
-                outputs = model.get_outputs_for_camera(poses.camera(k, int(rows[k]), scale))
-                yield to_uint8(outputs["rgb"])
-            return
         for start in range(0, len(poses), batch):
             stop = min(start + batch, len(poses))
-            cameras = poses.cameras(start, stop, [int(r) for r in rows[start:stop]], scale)
-            images = batched_or_none(model, cameras)
-            if images is None:  # this install's rasterizer cannot batch: one frame at a time
-                for k in range(start, stop):
-                    yield to_uint8(model.get_outputs_for_camera(poses.camera(k, int(rows[k]), scale))["rgb"])
-                continue
-            yield from to_uint8(images)  # one copy to the host for the whole batch
+            yield from render_group(model, poses.cameras(start, stop, [int(r) for r in rows[start:stop]], scale))
 
 
-_BATCH_FAILED: dict = {}
+def render_group(model, cameras) -> List[np.ndarray]:
+    """uint8 RGB frames of a `Cameras` batch (each with its `frame_idx`): one rasterization for
+    several cameras (`model.render_batch`, one copy to the host), one frame at a time for a single
+    camera or once the batched path has failed on this model. The batched path calls gsplat's
+    lower-level functions, whose signatures another gsplat version may change; it then warns once
+    and the one-frame path, correct but slower, takes over."""
+    count = cameras.shape[0]
+    if count > 1 and not getattr(model, "_batched_render_failed", False):
+        try:
+            return list(to_uint8(model.render_batch(cameras)))
+        except (RuntimeError, TypeError, ValueError, AttributeError, ImportError) as exc:
+            import warnings
 
-
-def batched_or_none(model, cameras) -> Optional[torch.Tensor]:
-    """`model.render_batch(cameras)`, or None (with one warning) once it has failed on this model:
-    the batched path calls gsplat's lower-level functions, whose signatures another gsplat
-    version may change; the one-frame path is then still correct, only slower."""
-    if _BATCH_FAILED.get(id(model)):
-        return None
-    try:
-        return model.render_batch(cameras)
-    except (RuntimeError, TypeError, ValueError, AttributeError, ImportError) as exc:
-        import warnings
-
-        _BATCH_FAILED[id(model)] = True
-        warnings.warn(f"batched rendering failed ({type(exc).__name__}: {str(exc)[:200]}); rendering one frame at a time")
-        return None
+            model._batched_render_failed = True
+            warnings.warn(f"batched rendering failed ({type(exc).__name__}: {str(exc)[:200]}); rendering one frame at a time")
+    if count == 1:
+        return [to_uint8(model.get_outputs_for_camera(cameras)["rgb"])]
+    return [to_uint8(model.get_outputs_for_camera(cameras[j : j + 1])["rgb"]) for j in range(count)]
 
 
 def in_background(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
