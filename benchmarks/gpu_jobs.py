@@ -16,9 +16,11 @@ needed for happens in the same call, in the same process that trained it. jobs.j
   (renders driven by other speakers, as in lipsync_generalization.py), `speed`
   (render_speed.py's measurements), `blinkfit` (gstalker-eval on the training frames around each
   shut-eye frame: does the model close the eyes where it was shown them closed? Training frames,
-  so it can be looked at without touching the test or validation frames);
-- speed runs last, once every job of the call has finished its other tasks (timings taken while
-  another job still trains on the same GPU would not be clean);
+  so it can be looked at without touching the test or validation frames), `curve` (all checkpoints
+  kept, each one's held-out PSNR against training time: heldout_psnr_curve.py);
+- tasks run in the order listed; speed first waits until every other job of the call has
+  finished its tasks before it (timings taken while another job still trains on the same GPU
+  would not be clean), so with several jobs list it last;
 - `baseline: true` also trains plain splatfacto on the same frames (for LMD).
 
 The output is shaped like lipsync_generalization.py's `gpu` step (ret/summary.json, one
@@ -116,15 +118,21 @@ def _run_job(spec: Dict, data: Path, work: Path, ret: Path) -> Dict:
         return _measure(spec, runs, folder, data, work, ret)
     steps = int(spec.get("steps", 10000))
     budget = float(spec.get("budget", 500))
-    trainings = {"gstalker": (steps, list(spec.get("extra", [])))}
+    extra = list(spec.get("extra", []))
+    if "curve" in spec.get("tasks", []):
+        extra.append("--save-only-latest-checkpoint=False")  # every 1000 steps kept for the curve
+    trainings = {"gstalker": (steps, extra)}
     if spec.get("baseline"):  # trained at the same time: a static head plateaus in a few thousand steps
         trainings["splatfacto"] = (int(spec.get("baseline_steps", 5000)), [])
+    started_at = time.time()
     with ThreadPoolExecutor(len(trainings)) as pool:
         futures = {
             method: pool.submit(train, method, folder, work / "runs" / name, n, budget, min(1000, n), extra)
             for method, (n, extra) in trainings.items()
         }
         runs = {f"{name}/{method}": future.result() for method, future in futures.items()}
+    for run in runs.values():
+        run["started_at"] = started_at
     print(f"[{name}] trained: {json.dumps(runs)}", flush=True)
     (work / f"{name}_runs.json").write_text(json.dumps({"runs": runs}))
     return _measure(spec, runs, folder, data, work, ret)
@@ -143,6 +151,14 @@ def _measure(spec: Dict, runs: Dict, folder: Path, data: Path, work: Path, ret: 
         result = measure(config, int(spec.get("speed_frames", 300)), 16)
         (ret / f"{name}_speed.json").write_text(json.dumps(result, indent=1))
         print(f"[{name}] speed: {json.dumps(result['batch1'])} {json.dumps(result['breakdown_ms'])[:400]}", flush=True)
+
+    def curve() -> None:
+        from heldout_psnr_curve import psnr_curve
+
+        started = float(runs[f"{name}/gstalker"].get("started_at", 0.0))
+        result = psnr_curve(config, started)
+        (ret / f"{name}_curve.json").write_text(json.dumps(result, indent=1))
+        out["curve"] = {name: {"final_psnr": result["final_psnr"], "first_within_0_2_db": result["first_within_0_2_db"]}}
 
     def evaluate() -> None:
         from gstalker_ns.evaluation.cli import main as gstalker_eval
@@ -174,19 +190,22 @@ def _measure(spec: Dict, runs: Dict, folder: Path, data: Path, work: Path, ret: 
             pack_eval(ev, ret / f"{name}_blinkfit", quality=90)
 
     # One failing task must not cost the others (a GPU call cannot be repeated cheaply). Speed
-    # last, after the other jobs of the call are done: then this job has the GPU to itself.
-    for task, run in (("eval", evaluate), ("blinkfit", blinkfit), ("cross", cross), ("speed", speed)):
-        if task in tasks:
-            if task == "speed":
-                _mark_done(work, name)
-                _wait_for_others(spec, work)
-            try:
-                run()
-            except Exception as exc:  # noqa: BLE001 - reported in the summary
-                import traceback
+    # waits until the other jobs of the call are done: then this job has the GPU to itself.
+    table = {"eval": evaluate, "blinkfit": blinkfit, "curve": curve, "cross": cross, "speed": speed}
+    unknown = [t for t in tasks if t not in table]
+    if unknown:
+        errors["tasks"] = f"unknown tasks {unknown}; known: {sorted(table)}"
+    for task in [t for t in tasks if t in table]:  # in the job's order: what matters most goes first
+        if task == "speed":
+            _mark_done(work, name)
+            _wait_for_others(spec, work)
+        try:
+            table[task]()
+        except Exception as exc:  # noqa: BLE001 - reported in the summary
+            import traceback
 
-                traceback.print_exc()
-                errors[task] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+            errors[task] = f"{type(exc).__name__}: {exc}"
     out["cross_driven"].setdefault(name, {})["subject"] = subject
     out["cross_driven"][name]["validation"] = bool(spec.get("validation"))
     out["cross_driven"][name]["extra"] = list(spec.get("extra", []))

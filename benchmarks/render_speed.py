@@ -7,8 +7,11 @@ For the held-out cameras of the run, the audio frame advancing with each camera 
 - batch1: `model.get_outputs_for_camera(camera)` inside `model.colour_only()` (the product path: audio row -> expression ->
   deformation -> raster -> composite over the background plate), CUDA synchronised before and
   after each frame; median, p99 and frames per second at the median, warm-up excluded;
-- breakdown_ms: device time per frame under the model's profiler scopes (gstalker.deform,
-  gstalker.raster, gstalker.composite), the whole frame's CPU time, and host synchronisations
+- batch1_eager: the same with the model's CUDA graph of deformation + projection switched off
+  (`inference_graph=False`), and graph_vs_eager_max_abs_diff: the largest pixel difference;
+- breakdown_ms: device time per frame under the model's profiler scopes (gstalker.project: the
+  deformation and projection, replayed from the graph; gstalker.deform / gstalker.raster on the
+  eager path; gstalker.composite), the whole frame's CPU time, and host synchronisations
   per frame (cudaStreamSynchronize / cudaDeviceSynchronize calls), from torch.profiler;
 - render_loop / render_loop_batched: `gstalker_ns.render.video.render_frames` (frames rendered on
   the device and copied to the host as uint8) without encoding, one frame per call and at the
@@ -36,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-SCOPES = ("gstalker.deform", "gstalker.raster", "gstalker.composite")
+SCOPES = ("gstalker.deform", "gstalker.project", "gstalker.raster", "gstalker.composite")
 
 
 def _held_out_cameras(pipeline):
@@ -78,6 +81,40 @@ def batch1_latency(model, cameras: List, frames: int, warmup: int = 20) -> Dict:
         "p99_ms": round(float(np.percentile(t, 99)), 3),
         "fps": round(1000.0 / median, 1),
     }
+
+
+def graph_vs_eager(model, cameras: List, frames: int = 20) -> Dict:
+    """Largest pixel difference between the graph-replayed and the eager renders of the same frames."""
+    import torch
+
+    from gstalker_ns.render.frames import colour_only
+
+    worst = 0.0
+    with torch.no_grad(), colour_only(model):
+        saved = model.config.inference_graph
+        try:
+            model.config.inference_graph = False
+            eager = [model.get_outputs_for_camera(c)["rgb"].clone() for c in cameras[:frames]]
+            model.config.inference_graph = True
+            for _ in range(2):  # the first pass may capture; the second replays
+                graphed = [model.get_outputs_for_camera(c)["rgb"].clone() for c in cameras[:frames]]
+        finally:
+            model.config.inference_graph = saved
+    for a, b in zip(eager, graphed):
+        worst = max(worst, float((a - b).abs().max()))
+    programs = model.__dict__.get("_programs", {})
+    captured = bool(programs.get(1)) and programs[1][1].captured
+    return {"max_abs_diff": round(worst, 7), "captured": captured, "graph_failed": bool(getattr(model, "_graph_failed", False)),
+            "graph_failure": getattr(model, "_graph_failure", None)}
+
+
+def _eager_latency(model, cameras: List, frames: int) -> Dict:
+    saved = model.config.inference_graph
+    model.config.inference_graph = False
+    try:
+        return batch1_latency(model, cameras, frames)
+    finally:
+        model.config.inference_graph = saved
 
 
 def breakdown(model, cameras: List, frames: int = 50) -> Dict:
@@ -202,6 +239,8 @@ def measure(config: Path, frames: int, batch: int) -> Dict:
     from gstalker_ns.render.video import render_batch_size
 
     _guarded(result, "batch1", batch1_latency, model, cameras, frames)
+    _guarded(result, "batch1_eager", _eager_latency, model, cameras, frames)
+    _guarded(result, "graph_vs_eager", graph_vs_eager, model, cameras)
     _guarded(result, "breakdown_ms", breakdown, model, cameras, min(frames, 50))
     _guarded(result, "render_loop", render_loop, model, pipeline, frames, 1)
     _guarded(result, "render_loop_batched", render_loop, model, pipeline, frames, render_batch_size(model))

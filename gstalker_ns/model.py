@@ -47,6 +47,14 @@ from gstalker_ns.data.seed_points import PART_HEAD, PART_TORSO
 from gstalker_ns.expression import ExpressionBasis, fit_audio_to_expression, opening_code
 from gstalker_ns.fields import DeformationOutput, ExpressionDeformationField, PoseDeformationField, apply_deformation
 from gstalker_ns.splatting import backend_for, rasterize
+from gstalker_ns.splatting.batched import (
+    ProjectedFrames,
+    project_frames,
+    projected_difference,
+    raster_projected,
+    viewmats_from_poses,
+)
+from gstalker_ns.splatting.graphed import CaptureFailed, CapturedCall
 from gstalker_ns.strategy import CappedDefaultStrategy
 
 _compat.allow_nerfstudio_checkpoints()  # checkpoint configs import this module before torch.load
@@ -113,6 +121,9 @@ class GSTalkerModelConfig(SplatfactoModelConfig):
     """auto (gsplat on CUDA, the pure-PyTorch rasterizer elsewhere), gsplat or torch."""
     use_absgrad: bool = True
     """Densify on absolute 2D gradients (gsplat path); the torch path approximates them."""
+    inference_graph: bool = True
+    """At inference on a GPU, replay each frame's deformation and projection from a CUDA graph
+    (captured once the model stops changing): one launch instead of hundreds of small kernels."""
 
 
 def mouth_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -354,12 +365,21 @@ class GSTalkerModel(SplatfactoModel):
             if name.startswith(("audio_to_expression.", "expression_")) and name in dict and dict[name].shape != buffer.shape:
                 owner, attr = self.get_submodule(name.rpartition(".")[0]) if "." in name else self, name.rpartition(".")[2]
                 setattr(owner, attr, torch.zeros_like(dict[name], device=self.device))
-        self._predicted_cache = None
+        self._forget_derived()
         self.strategy_state["part"] = self.gaussian_part
         result = super(SplatfactoModel, self).load_state_dict(dict, **kwargs)
         self.strategy_state["part"] = self.gaussian_part
         self.step = 30000
         return result
+
+    def _forget_derived(self) -> None:
+        """Drop everything computed from the weights (caches, captured graphs). Their keys hold
+        data pointers and version counters, which a reloaded tensor can repeat by chance."""
+        self._predicted_cache = None
+        for name in ("_encoding_cache", "_part_cache", "_background_cache", "_deforming_cache", "_programs", "_program_seen"):
+            self.__dict__.pop(name, None)
+        for module in self.modules():
+            module.__dict__.pop("_fold_cache", None)
 
     @property
     def audio_extractor(self) -> Dict:
@@ -501,6 +521,17 @@ class GSTalkerModel(SplatfactoModel):
         self, camera_to_world: torch.Tensor, frame_idx: int
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Means, quats and log-scales of all Gaussians for one frame and head pose."""
+        return self._deformed(camera_to_world, *self._drive(frame_idx))
+
+    def _drive(self, frame_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(expression code [1, K], blink [1]) that drive the head field for one frame."""
+        return self.expression_code(frame_idx), self.blink_table[frame_idx : frame_idx + 1]
+
+    def _deformed(
+        self, camera_to_world: torch.Tensor, code: torch.Tensor, blink: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`deformed_gaussians` for a given drive (no host synchronisation at inference, so it
+        can be captured in a CUDA graph)."""
         means, quats, scales = self.means, self.quats, self.scales
         if not self._deforming():
             self._last_deformation = None
@@ -508,8 +539,6 @@ class GSTalkerModel(SplatfactoModel):
         deformation = DeformationOutput.zeros(len(means), device=means.device)
         head, torso = self._part_indices()
         head_encoded, torso_encoded = self._cached_encodings(head, torso)
-        code = self.expression_code(frame_idx)
-        blink = self.blink_table[frame_idx : frame_idx + 1]
         deformation = _scatter(deformation, head, self.head_field(means[head], code, blink, encoded=head_encoded))
         if self.torso_field is not None and len(torso) > 0:
             pose = (pose_codes(camera_to_world[0, :3, :4]) - self.pose_code_mean) / self.pose_code_std
@@ -609,7 +638,11 @@ class GSTalkerModel(SplatfactoModel):
 
     def _frame_gaussians(self, camera_to_world: torch.Tensor, frame_idx: int) -> Tuple[torch.Tensor, ...]:
         """(means, quats, log-scales, colours or SH, opacity logits, SH degree) of one frame."""
-        means, quats, scales = self.deformed_gaussians(camera_to_world, frame_idx)
+        return self._driven_gaussians(camera_to_world, *self._drive(frame_idx))
+
+    def _driven_gaussians(self, camera_to_world: torch.Tensor, code: torch.Tensor, blink: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """`_frame_gaussians` for a given drive."""
+        means, quats, scales = self._deformed(camera_to_world, code, blink)
         deformation = self._last_deformation
         features_dc, opacities = self.features_dc, self.opacities
         if deformation is not None and deformation.d_color is not None:  # the head field's appearance change
@@ -622,20 +655,111 @@ class GSTalkerModel(SplatfactoModel):
             sh_degree = None
         return means, quats, scales, colors, opacities, sh_degree
 
+    # ------------------------------------------------------------------ inference: project, then raster
+    def _project_views(
+        self, pose: torch.Tensor, K: torch.Tensor, codes: torch.Tensor, blinks: torch.Tensor, width: int, height: int
+    ) -> Tuple[torch.Tensor, ...]:
+        """B frames' deformed Gaussians projected through their cameras (pose [B, 3, 4], K [B, 3, 3],
+        codes [B, K], blinks [B]): `ProjectedFrames.as_tuple()`. Fixed shapes, no host sync."""
+        per_frame = [
+            self._driven_gaussians(pose[b : b + 1], codes[b : b + 1], blinks[b : b + 1]) for b in range(pose.shape[0])
+        ]
+        means, quats, scales, colors, opacities = (torch.stack([f[i] for f in per_frame]) for i in range(5))
+        return project_frames(
+            means, quats, torch.exp(scales), torch.sigmoid(opacities).squeeze(-1), colors, viewmats_from_poses(pose), K,
+            pose[:, :3, 3], width, height, per_frame[0][5], self._backend(means.device),
+            rasterize_mode=self.config.rasterize_mode,
+        ).as_tuple()  # fmt: skip
+
+    def _graphs_allowed(self) -> bool:
+        """CUDA graphs at inference on gsplat only (training changes the model every step)."""
+        return (
+            self.config.inference_graph
+            and not self.training
+            and not torch.is_grad_enabled()
+            and self.device.type == "cuda"
+            and self._backend(self.device) == "gsplat"
+            and not getattr(self, "_graph_failed", False)
+        )
+
+    def _state_key(self) -> Tuple:
+        """Changes whenever a parameter or buffer is replaced or changed in place (a captured
+        graph reads them, and the caches it reads are derived from them)."""
+        tensors = list(self.parameters()) + list(self.buffers())
+        return (self.step, self._deforming()) + tuple((t.data_ptr(), t._version) for t in tensors)
+
+    def _projection_program(self, inputs: Tuple[torch.Tensor, ...], width: int, height: int) -> Optional[CapturedCall]:
+        """The captured `_project_views` for this batch and image size, or None (run eagerly).
+
+        A graph is captured on the second call with an unchanged model and size, so a viewer
+        rendering between training steps never pays for a capture it cannot reuse.
+        """
+        if not self._graphs_allowed():
+            return None
+        batch = inputs[0].shape[0]
+        key = (batch, width, height, self._state_key())
+        programs = self.__dict__.setdefault("_programs", {})
+        entry = programs.get(batch)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        if entry is not None and entry[0] != key:
+            del programs[batch]  # the model changed: release the old graph's memory
+        seen = self.__dict__.setdefault("_program_seen", {})
+        if seen.get(batch) != key:
+            seen[batch] = key
+            return None
+        try:
+            program = CapturedCall(
+                lambda p, k, c, b: self._project_views(p, k, c, b, width, height),
+                inputs,
+                capture=self.device.type == "cuda",
+                tolerance=1e-2,  # pixels and colour units: a kernel left out of the graph is far off
+                difference=projected_difference,
+            )
+        except CaptureFailed as exc:
+            self._graph_failed, self._graph_failure = True, str(exc)[:300]
+            CONSOLE.print(f"[yellow]Warning: rendering without CUDA graphs ({exc}); frames are the same, only slower.")
+            return None
+        programs[batch] = (key, program)
+        return program
+
+    def _projected(
+        self, pose: torch.Tensor, K: torch.Tensor, codes: torch.Tensor, blinks: torch.Tensor, width: int, height: int
+    ) -> ProjectedFrames:
+        inputs = (pose, K, codes, blinks)
+        program = self._projection_program(inputs, width, height)
+        out = program(*inputs) if program is not None else self._project_views(*inputs, width, height)
+        return ProjectedFrames(*out)
+
+    def _render_projected(
+        self, pose: torch.Tensor, K: torch.Tensor, width: int, height: int, frame_idx: int
+    ) -> Dict[str, Union[torch.Tensor, List]]:
+        """Inference render of one view through the project-then-raster split (the projection
+        replayed from a CUDA graph where allowed); the same outputs as `_render_view`."""
+        self._last_frame_idx = frame_idx
+        self.last_size = (height, width)
+        code, blink = self._drive(frame_idx)
+        with record_function("gstalker.project"):
+            projected = self._projected(pose, K, code, blink, width, height)
+        depth = getattr(self, "_depth_at_inference", True)
+        with record_function("gstalker.raster"):
+            render, alpha = raster_projected(projected, width, height, self._backend(pose.device), depth=depth)
+        with record_function("gstalker.composite"):
+            background = self._background_for(height, width)
+            rgb = torch.clamp(render[0, ..., :3] + (1 - alpha[0]) * background, 0.0, 1.0)
+        out_depth = torch.where(alpha[0] > 0, render[0, ..., 3:4], render[0, ..., 3:4].max()) if depth else None
+        return {"rgb": rgb, "depth": out_depth, "accumulation": alpha[0], "background": background}
+
     @torch.no_grad()
     def render_batch(self, cameras: Cameras) -> torch.Tensor:
         """[B, H, W, 3] colour of B frames (cameras with `frame_idx`, one image size) in one
         rasterization (gstalker_ns.splatting.batched): for rendering files, not the viewer."""
-        from gstalker_ns.splatting.batched import rasterize_frames
-
         frames = [self._clamp_frame(f) for f in torch.as_tensor(cameras.metadata["frame_idx"]).reshape(-1).tolist()]
         pose, K, W, H = self._cameras_on_device(cameras)
-        per_frame = [self._frame_gaussians(pose[b : b + 1], frames[b]) for b in range(len(frames))]
-        means, quats, scales, colors, opacities = (torch.stack([f[i] for f in per_frame]) for i in range(5))
-        render, alpha = rasterize_frames(
-            means, quats, torch.exp(scales), torch.sigmoid(opacities).squeeze(-1), colors, get_viewmat(pose), K,
-            pose[:, :3, 3], W, H, per_frame[0][5], self._backend(means.device), rasterize_mode=self.config.rasterize_mode,
-        )  # fmt: skip
+        drives = [self._drive(f) for f in frames]
+        codes, blinks = torch.cat([d[0] for d in drives]), torch.cat([d[1] for d in drives])
+        projected = self._projected(pose, K, codes, blinks, W, H)
+        render, alpha = raster_projected(projected, W, H, self._backend(pose.device))
         return torch.clamp(render[..., :3] + (1 - alpha) * self._background_for(H, W), 0.0, 1.0)
 
     def _render_view(
@@ -643,6 +767,8 @@ class GSTalkerModel(SplatfactoModel):
     ) -> Dict[str, Union[torch.Tensor, List]]:
         """Render one view: camera_to_world [1, 3, 4] and K [1, 3, 3] on the model's device, the
         image size and the drive frame as Python ints (so nothing here waits for the GPU)."""
+        if self._graphs_allowed():
+            return self._render_projected(camera_to_world, K, W, H, frame_idx)
         self._last_frame_idx = frame_idx
         with record_function("gstalker.deform"):
             means, quats, scales, colors, opacities, sh_degree = self._frame_gaussians(camera_to_world, frame_idx)

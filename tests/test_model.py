@@ -148,6 +148,40 @@ def test_batched_render_matches_one_frame_at_a_time(pipeline):
     assert (batch[0] - batch[2]).abs().max() > 1e-4  # the frames really differ
 
 
+def test_projection_program_renders_what_the_eager_path_renders(pipeline, monkeypatch):
+    """The inference split (deform + project, replayed from static buffers; raster eagerly) must
+    give the images of the one-call path, a new frame must change them, and a model change must
+    retire the program. On the CPU the program runs eagerly on its static buffers (the CUDA
+    capture itself is checked on the GPU by benchmarks/render_speed.py)."""
+    from gstalker_ns.splatting.graphed import CapturedCall
+
+    pipe, _ = pipeline
+    model = _moving_head(pipe.model)
+    frames = [3, 3, 11, 17]
+    with torch.no_grad():
+        eager = [model.get_outputs_for_camera(_camera(pipe, f)) for f in frames]
+        monkeypatch.setattr(model, "_graphs_allowed", lambda: True)
+        split = [model.get_outputs_for_camera(_camera(pipe, f)) for f in frames]
+        programs = model.__dict__.get("_programs", {})
+        assert 1 in programs and isinstance(programs[1][1], CapturedCall), "captured on the second call"
+        for a, b in zip(eager, split):
+            assert torch.allclose(a["rgb"], b["rgb"], atol=1e-5)
+            assert torch.allclose(a["depth"], b["depth"], atol=1e-4)
+        assert (split[2]["rgb"] - split[3]["rgb"]).abs().max() > 1e-4, "the static inputs must take each frame's drive"
+        key = programs[1][0]
+        model.head_field.head[-1].weight.mul_(0.5)  # an in-place change (as an optimizer step)
+        model.get_outputs_for_camera(_camera(pipe, 5))
+        assert 1 not in programs or programs[1][0] != key, "a changed model must not replay the old program"
+        changed = model.get_outputs_for_camera(_camera(pipe, 5))["rgb"]
+        monkeypatch.undo()
+        assert torch.allclose(changed, model.get_outputs_for_camera(_camera(pipe, 5))["rgb"], atol=1e-5)
+        monkeypatch.setattr(model, "_graphs_allowed", lambda: True)
+        model.get_outputs_for_camera(_camera(pipe, 5))
+        assert 1 in model.__dict__.get("_programs", {})
+        model.load_state_dict(model.state_dict())  # a reload drops programs and caches built on the old weights
+        assert "_programs" not in model.__dict__ and "_encoding_cache" not in model.__dict__
+
+
 def test_set_drive_checks_feature_shape(pipeline):
     pipe, _ = pipeline
     model = pipe.model
