@@ -174,6 +174,26 @@ def test_background_plate(subject):
     assert never_seen.any() and never_seen.mean() < gt_person_ever.mean() + 0.1
 
 
+def test_plate_from_the_masks_stage_s_samples_equals_the_plate_from_files(subject, tmp_path):
+    """gstalker-process collects the plate's frames while the masks stage labels them; the plate
+    must be the one built from the written files, byte for byte, and a subsample (max_frames)
+    must take the same frames. A stage that did not label every sampled frame (cached) reads files."""
+    from gstalker_ns.preprocess.background import PlateSamples
+
+    root, points, _, _ = subject
+    count = len(list(root.glob("frames/*.jpg")))
+    for max_frames in (300, 7):
+        samples = PlateSamples(count, dilate_px=4, max_frames=max_frames)
+        masks_dir = masks_stage(root / "frames", points, tmp_path / f"stage{max_frames}", progress=False, on_frame=samples.add)
+        assert samples.complete
+        from_samples = background_plate(root / "frames", masks_dir, dilate_px=4, max_frames=max_frames, samples=samples)
+        from_files = background_plate(root / "frames", masks_dir, dilate_px=4, max_frames=max_frames)
+        assert np.array_equal(from_samples[0], from_files[0]) and np.array_equal(from_samples[1], from_files[1])
+    partial = PlateSamples(count, dilate_px=4)
+    partial.add(0, *(np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256), np.uint8)))
+    assert not partial.complete  # background_plate then reads the files
+
+
 # ----------------------------------------------------------------------------------------------
 # caching and atomic writes
 

@@ -16,8 +16,9 @@ frames at 512x512); the median is taken in row blocks.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -67,20 +68,91 @@ def _masked_median(stack: np.ndarray, valid: np.ndarray, rows: int = 32, workers
     return out
 
 
-def background_plate(
-    frames_dir: Path, masks_dir: Path, dilate_px: int = 8, max_frames: int = 300
-) -> Tuple[np.ndarray, np.ndarray]:
-    """(plate RGB uint8 [H, W, 3], never_seen bool [H, W]) from the frames and their label maps."""
+def _kernel(dilate_px: int):
     import cv2
 
-    frame_paths = list_frames(Path(frames_dir))
-    masks_dir = Path(masks_dir)
+    if dilate_px <= 0:
+        return None
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(dilate_px) + 1, 2 * int(dilate_px) + 1))
+
+
+def _background_pixels(labels: np.ndarray, kernel) -> np.ndarray:
+    """bool [H, W]: background, and more than the kernel's radius away from the person."""
+    import cv2
+
+    person = (labels != LABEL_BACKGROUND).astype(np.uint8)
+    if kernel is not None:
+        person = cv2.dilate(person, kernel)
+    return person == 0
+
+
+class PlateSamples:
+    """The sampled frames and their background pixels, collected while the masks stage has each
+    frame and its labels in memory (`masks_stage(on_frame=samples.add)`), so the background stage
+    need not read them back from disk. The same pixels either way: the plate is byte-identical."""
+
+    def __init__(self, num_frames: int, dilate_px: int = 8, max_frames: int = 300):
+        self.slots = {k: j for j, k in enumerate(_sample_indices(num_frames, int(max_frames)))}
+        self.kernel = _kernel(dilate_px)
+        self.stack: Optional[np.ndarray] = None
+        self.valid: Optional[np.ndarray] = None
+        self.filled = np.zeros(len(self.slots), bool)
+        self._lock = threading.Lock()
+
+    def add(self, k: int, rgb: np.ndarray, labels: np.ndarray) -> None:
+        """Frame k (RGB uint8 [H, W, 3]) and its label map, if k is one of the sampled frames."""
+        j = self.slots.get(int(k))
+        if j is None:
+            return
+        with self._lock:
+            if self.stack is None:
+                h, w = rgb.shape[:2]
+                self.stack = np.empty((len(self.slots), h, w, 3), np.uint8)
+                self.valid = np.empty((len(self.slots), h, w), bool)
+        if rgb.shape != self.stack.shape[1:] or labels.shape[:2] != rgb.shape[:2]:
+            return  # left unfilled: the plate is then built from the files, with their checks
+        self.stack[j] = rgb
+        self.valid[j] = _background_pixels(labels, self.kernel)
+        self.filled[j] = True
+
+    @property
+    def complete(self) -> bool:
+        return self.stack is not None and bool(self.filled.all())
+
+
+def background_plate(
+    frames_dir: Path, masks_dir: Path, dilate_px: int = 8, max_frames: int = 300, samples: Optional[PlateSamples] = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(plate RGB uint8 [H, W, 3], never_seen bool [H, W]) from the frames and their label maps
+    (or from `samples`, when the masks stage collected every sampled frame)."""
+    import cv2
+
     if max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    indices = _sample_indices(len(frame_paths), int(max_frames))
-    kernel = None
-    if dilate_px > 0:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(dilate_px) + 1, 2 * int(dilate_px) + 1))
+    if samples is not None and samples.complete:
+        stack, valid = samples.stack, samples.valid
+    else:
+        stack, valid = _load_samples(Path(frames_dir), Path(masks_dir), dilate_px, int(max_frames))
+    median = _masked_median(stack, valid)
+    never_seen = np.isnan(median[..., 0])
+    if never_seen.all():
+        raise BackgroundInputError(
+            f"{frames_dir}: the person covers the whole frame in every frame, so there is no background to see; "
+            "use a video with some background visible around the person"
+        )
+    plate = np.clip(np.nan_to_num(median, nan=0.0) + 0.5, 0, 255).astype(np.uint8)
+    if never_seen.any():
+        plate = cv2.inpaint(plate, never_seen.astype(np.uint8), INPAINT_RADIUS, cv2.INPAINT_TELEA)
+    return plate, never_seen
+
+
+def _load_samples(frames_dir: Path, masks_dir: Path, dilate_px: int, max_frames: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The sampled frames [F, H, W, 3] and their background pixels [F, H, W], read from disk."""
+    import cv2
+
+    frame_paths = list_frames(frames_dir)
+    indices = _sample_indices(len(frame_paths), max_frames)
+    kernel = _kernel(dilate_px)
     first = cv2.imread(str(frame_paths[indices[0]]), cv2.IMREAD_COLOR)
     if first is None:
         raise BackgroundInputError(f"{frame_paths[indices[0]]}: cannot read this frame; re-run the decode stage")
@@ -101,24 +173,11 @@ def background_plate(
             raise BackgroundInputError(f"{mask_path}: mask size differs from its frame; re-run the masks stage")
         if image.shape[:2] != (h, w):
             raise BackgroundInputError(f"{frame_paths[k]}: frame size differs from the first frame; re-run the decode stage")
-        person = (labels != LABEL_BACKGROUND).astype(np.uint8)
-        if kernel is not None:
-            person = cv2.dilate(person, kernel)
         stack[j] = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        valid[j] = person == 0
+        valid[j] = _background_pixels(labels, kernel)
 
     run_threads(load, list(enumerate(indices)))
-    median = _masked_median(stack, valid)
-    never_seen = np.isnan(median[..., 0])
-    if never_seen.all():
-        raise BackgroundInputError(
-            f"{frames_dir}: the person covers the whole frame in every frame, so there is no background to see; "
-            "use a video with some background visible around the person"
-        )
-    plate = np.clip(np.nan_to_num(median, nan=0.0) + 0.5, 0, 255).astype(np.uint8)
-    if never_seen.any():
-        plate = cv2.inpaint(plate, never_seen.astype(np.uint8), INPAINT_RADIUS, cv2.INPAINT_TELEA)
-    return plate, never_seen
+    return stack, valid
 
 
 def write_background(path: Path, plate: np.ndarray) -> None:

@@ -301,10 +301,30 @@ def _read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def masks_stage(frames_dir: Path, points: np.ndarray, stage_dir: Path, progress: bool = True) -> Path:
+def _tee_frames(frames: Iterable[np.ndarray]) -> Tuple[Iterator[np.ndarray], Dict[int, np.ndarray]]:
+    """(the frames, a dict that holds frame k from when it is read until its caller pops it)."""
+    kept: Dict[int, np.ndarray] = {}
+
+    def run() -> Iterator[np.ndarray]:
+        for k, frame in enumerate(frames):
+            kept[k] = frame
+            yield frame
+
+    return run(), kept
+
+
+def masks_stage(
+    frames_dir: Path,
+    points: np.ndarray,
+    stage_dir: Path,
+    progress: bool = True,
+    on_frame: Optional[Callable[[int, np.ndarray, np.ndarray], None]] = None,
+) -> Path:
     """Write ``stage_dir/masks/NNNNNN.png`` (uint8 label maps) for every frame in ``frames_dir``
     and, last, ``stage_dir/masks.json``; returns the masks folder. ``points`` is [N, 478, 2]
-    face-mesh pixel coordinates of the same frames (NaN = no face). Cached: see the module doc."""
+    face-mesh pixel coordinates of the same frames (NaN = no face). Cached: see the module doc.
+    ``on_frame(k, rgb, labels)`` is called (on a worker thread) for each frame labelled here, not
+    for a cached stage: the background plate collects its samples this way."""
     import cv2
 
     frames_dir, stage_dir = Path(frames_dir), Path(stage_dir)
@@ -327,20 +347,25 @@ def masks_stage(frames_dir: Path, points: np.ndarray, stage_dir: Path, progress:
 
     def segmented():
         nonlocal shape
-        for k, person in enumerate(person_masks(prefetch(_read_rgb(p) for p in frame_paths))):
+        frames = prefetch(_read_rgb(p) for p in frame_paths)
+        if on_frame is not None:  # keep each frame for on_frame (the segmenter only needs it once)
+            frames, kept = _tee_frames(frames)
+        for k, person in enumerate(person_masks(frames)):
             if shape is None:
                 shape = person.shape
             elif person.shape != shape:
                 raise MasksInputError(f"{frame_paths[k]}: frame size differs from the first frame; re-run the decode stage")
-            yield k, person
+            yield k, person, (kept.pop(k) if on_frame is not None else None)
 
     def write(job) -> bool:
         """Label and write frame k; True when it has no face. Runs on a worker thread while the
         next frames are read and segmented."""
-        k, person = job
+        k, person, rgb = job
         h, w = person.shape
         frame_pts = pts[k] if np.all(np.isfinite(pts[k])) else None
         labels = label_map(person, frame_pts, h, w)
+        if on_frame is not None:
+            on_frame(k, rgb, labels)
         ok, buf = cv2.imencode(".png", labels)
         if not ok:
             raise RuntimeError(f"PNG encoding failed for frame {k}")

@@ -161,7 +161,7 @@ def process_video(
     """Run every stage; returns what was written and how long each stage took."""
     from gstalker_ns.audio.io import read_wav, write_wav
     from gstalker_ns.expression.landmarks import EXPRESSION_FILE, face_mesh_track
-    from gstalker_ns.preprocess.background import background_plate, write_background
+    from gstalker_ns.preprocess.background import PlateSamples, background_plate, write_background
     from gstalker_ns.preprocess.crop import choose_crop
     from gstalker_ns.preprocess.decode import decode_video
     from gstalker_ns.preprocess.landmarks import (
@@ -171,7 +171,7 @@ def process_video(
         inner_lip_distance,
         landmarks_stage,
     )
-    from gstalker_ns.preprocess.masks import masks_stage
+    from gstalker_ns.preprocess.masks import list_frames, masks_stage
     from gstalker_ns.preprocess.pose import estimate_poses
     from gstalker_ns.preprocess.previews import (
         BACKGROUND_FILE,
@@ -218,7 +218,9 @@ def process_video(
     # head poses (landmarks only) are fitted while the masks are segmented (frames only)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gstalker-poses") as poses_pool:
         poses_job = poses_pool.submit(estimate_poses, points, z, track.valid, box.out_size, box.out_size)
-        masks_dir = masks_stage(out_dir / "frames", points, cache / "masks", progress=progress)
+        # the background plate's sampled frames are kept while each frame and its labels are in memory
+        samples = PlateSamples(len(list_frames(out_dir / "frames")))
+        masks_dir = masks_stage(out_dir / "frames", points, cache / "masks", progress=progress, on_frame=samples.add)
         masks_out = out_dir / "masks"
         masks_out.mkdir(exist_ok=True)
         for src in sorted(Path(masks_dir).glob("*.png")):
@@ -233,7 +235,8 @@ def process_video(
             write_previews, out_dir, out_dir / "frames", masks_out, points, poses, blink,
             inner_lip_distance(points), None, None, track.valid, decoded.fps,
         )  # fmt: skip
-        plate, never_seen = background_plate(out_dir / "frames", masks_dir)
+        plate, never_seen = background_plate(out_dir / "frames", masks_dir, samples=samples)
+        del samples
         write_background(out_dir / "background.png", plate)
         t = lap("background", t)
 
