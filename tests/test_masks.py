@@ -312,3 +312,18 @@ def test_segmentation_on_several_threads_gives_the_same_masks(subject):
     assert len(threaded) == len(frames)
     assert all(np.array_equal(a, b) for a, b in zip(single, threaded))
     assert any(m.any() for m in single) and not all(np.array_equal(single[0], m) for m in single)
+
+
+def test_masked_median_equals_nanmedian_of_the_valid_samples():
+    """The plate's median (radix sort, invalid samples pushed past the valid ones) must equal
+    np.nanmedian over the valid samples: even and odd counts, a pixel never valid (NaN)."""
+    from gstalker_ns.preprocess.background import _masked_median
+
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 256, size=(9, 40, 37, 3), dtype=np.uint8)
+    valid = rng.random((9, 40, 37)) < 0.6
+    valid[:, 0, 0] = False
+    expected = np.nanmedian(np.where(valid[..., None], stack.astype(np.float64), np.nan), axis=0)
+    got = _masked_median(stack, valid, rows=16)
+    assert np.isnan(got[0, 0]).all() and np.array_equal(np.isnan(got), np.isnan(expected))
+    assert np.array_equal(np.nan_to_num(got, nan=-1), np.nan_to_num(expected, nan=-1).astype(np.float32))
