@@ -157,28 +157,3 @@ def raster_projected(
         render = torch.cat([render[..., :-1], render[..., -1:] / alpha.clamp(min=1e-10)], dim=-1)
     return render, alpha
 
-
-def rasterize_frames(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    viewmats: Tensor,
-    Ks: Tensor,
-    camera_centres: Tensor,
-    width: int,
-    height: int,
-    sh_degree: Optional[int],
-    backend: str,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    rasterize_mode: str = "classic",
-) -> Tuple[Tensor, Tensor]:
-    """(colours [B, H, W, 3], alphas [B, H, W, 1]) of B frames, each with its own Gaussians
-    (arguments as `project_frames`)."""
-    projected = project_frames(
-        means, quats, scales, opacities, colors, viewmats, Ks, camera_centres, width, height, sh_degree,
-        backend, near_plane, far_plane, rasterize_mode,
-    )  # fmt: skip
-    return raster_projected(projected, width, height, backend)
