@@ -523,11 +523,16 @@ class GSTalkerModel(SplatfactoModel):
         self, camera_to_world: torch.Tensor, frame_idx: int
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Means, quats and log-scales of all Gaussians for one frame and head pose."""
-        return self._deformed(camera_to_world, *self._drive(frame_idx))
+        return self._deformed(camera_to_world, *self._drive_if_deforming(frame_idx))
 
     def _drive(self, frame_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(expression code [1, K], blink [1]) that drive the head field for one frame."""
         return self.expression_code(frame_idx), self.blink_table[frame_idx : frame_idx + 1]
+
+    def _drive_if_deforming(self, frame_idx: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """`_drive`, or (None, None) in stage 1: the training code's noise must not be drawn
+        there, so that the random stream (and with it a seeded run) stays what it was."""
+        return self._drive(frame_idx) if self._deforming() else (None, None)
 
     def _deformed(
         self, camera_to_world: torch.Tensor, code: torch.Tensor, blink: torch.Tensor
@@ -640,7 +645,7 @@ class GSTalkerModel(SplatfactoModel):
 
     def _frame_gaussians(self, camera_to_world: torch.Tensor, frame_idx: int) -> Tuple[torch.Tensor, ...]:
         """(means, quats, log-scales, colours or SH, opacity logits, SH degree) of one frame."""
-        return self._driven_gaussians(camera_to_world, *self._drive(frame_idx))
+        return self._driven_gaussians(camera_to_world, *self._drive_if_deforming(frame_idx))
 
     def _driven_gaussians(self, camera_to_world: torch.Tensor, code: torch.Tensor, blink: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """`_frame_gaussians` for a given drive."""

@@ -182,6 +182,27 @@ def test_projection_program_renders_what_the_eager_path_renders(pipeline, monkey
         assert "_programs" not in model.__dict__ and "_encoding_cache" not in model.__dict__
 
 
+def test_stage_one_draws_no_random_numbers_for_the_drive(pipeline):
+    """In stage 1 the fields are off, so the training code's noise must not be drawn: a seeded run's
+    random stream (densification, sampling) would shift, and the CPU demo's held-out mouth number
+    moved from 0.72 to 0.49 when it did."""
+    pipe, _ = pipeline
+    model = pipe.model
+    saved = model.deformation_enabled.clone()
+    try:
+        model.train()
+        model.deformation_enabled.fill_(False)
+        state = torch.get_rng_state()
+        model._frame_gaussians(torch.eye(4)[None, :3, :4], 3)
+        assert torch.equal(torch.get_rng_state(), state)
+        model.deformation_enabled.fill_(True)
+        model._frame_gaussians(torch.eye(4)[None, :3, :4], 3)
+        assert not torch.equal(torch.get_rng_state(), state)  # stage 2 draws the code's noise
+    finally:
+        model.deformation_enabled.copy_(saved)
+        model.eval()
+
+
 def test_set_drive_checks_feature_shape(pipeline):
     pipe, _ = pipeline
     model = pipe.model
