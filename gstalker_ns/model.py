@@ -73,7 +73,7 @@ class GSTalkerModelConfig(SplatfactoModelConfig):
     max_gaussians: int = 60000
     """Hard cap on the Gaussian count during densification. 60k (was 200k): on dfrf_french the
     held-out mouth-opening correlation and PSNR held (0.90 -> 0.90, 26.98 -> 27.24 dB) with 3.4x
-    fewer Gaussians, and a frame renders in 1.5-2.2 ms instead of 7 (benchmarks/RESULTS.md)."""
+    fewer Gaussians; without the CUDA graph a frame took 5.2 ms instead of 7.3 (benchmarks/RESULTS.md)."""
     pause_refine_after_reset: int = 100
     """Steps without refinement after each opacity reset (a fixed number, not the frame count).
     Refinement also waits this long after step 0."""
