@@ -8,7 +8,8 @@ For the held-out cameras of the run, the audio frame advancing with each camera 
   deformation -> raster -> composite over the background plate), CUDA synchronised before and
   after each frame; median, p99 and frames per second at the median, warm-up excluded;
 - batch1_eager: the same with the model's CUDA graph of deformation + projection switched off
-  (`inference_graph=False`), and graph_vs_eager_max_abs_diff: the largest pixel difference;
+  (`inference_graph=False`), and graph_vs_eager: the largest pixel difference between the two
+  paths on the same frames, and whether a graph was captured (or why it was refused);
 - breakdown_ms: device time per frame under the model's profiler scopes (gstalker.project: the
   deformation and projection, replayed from the graph; gstalker.deform / gstalker.raster on the
   eager path; gstalker.composite), the whole frame's CPU time, and host synchronisations
@@ -27,6 +28,7 @@ It writes the JSON to --out; `--merge` adds the held-out quality numbers from a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -83,25 +85,30 @@ def batch1_latency(model, cameras: List, frames: int, warmup: int = 20) -> Dict:
     }
 
 
+@contextlib.contextmanager
+def graph_setting(model, enabled: bool):
+    """The model's `inference_graph` switch set for the block, restored after it."""
+    saved = model.config.inference_graph
+    model.config.inference_graph = enabled
+    try:
+        yield
+    finally:
+        model.config.inference_graph = saved
+
+
 def graph_vs_eager(model, cameras: List, frames: int = 20) -> Dict:
     """Largest pixel difference between the graph-replayed and the eager renders of the same frames."""
     import torch
 
     from gstalker_ns.render.frames import colour_only
 
-    worst = 0.0
     with torch.no_grad(), colour_only(model):
-        saved = model.config.inference_graph
-        try:
-            model.config.inference_graph = False
+        with graph_setting(model, False):
             eager = [model.get_outputs_for_camera(c)["rgb"].clone() for c in cameras[:frames]]
-            model.config.inference_graph = True
+        with graph_setting(model, True):
             for _ in range(2):  # the first pass may capture; the second replays
                 graphed = [model.get_outputs_for_camera(c)["rgb"].clone() for c in cameras[:frames]]
-        finally:
-            model.config.inference_graph = saved
-    for a, b in zip(eager, graphed):
-        worst = max(worst, float((a - b).abs().max()))
+    worst = max(float((a - b).abs().max()) for a, b in zip(eager, graphed))
     programs = model.__dict__.get("_programs", {})
     captured = bool(programs.get(1)) and programs[1][1].captured
     return {"max_abs_diff": round(worst, 7), "captured": captured, "graph_failed": bool(getattr(model, "_graph_failed", False)),
@@ -109,12 +116,8 @@ def graph_vs_eager(model, cameras: List, frames: int = 20) -> Dict:
 
 
 def _eager_latency(model, cameras: List, frames: int) -> Dict:
-    saved = model.config.inference_graph
-    model.config.inference_graph = False
-    try:
+    with graph_setting(model, False):
         return batch1_latency(model, cameras, frames)
-    finally:
-        model.config.inference_graph = saved
 
 
 def breakdown(model, cameras: List, frames: int = 50) -> Dict:

@@ -535,10 +535,10 @@ class GSTalkerModel(SplatfactoModel):
         return self._drive(frame_idx) if self._deforming() else (None, None)
 
     def _deformed(
-        self, camera_to_world: torch.Tensor, code: torch.Tensor, blink: torch.Tensor
+        self, camera_to_world: torch.Tensor, code: Optional[torch.Tensor], blink: Optional[torch.Tensor]
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`deformed_gaussians` for a given drive (no host synchronisation at inference, so it
-        can be captured in a CUDA graph)."""
+        """`deformed_gaussians` for a given drive (None in stage 1; no host synchronisation at
+        inference, so it can be captured in a CUDA graph)."""
         means, quats, scales = self.means, self.quats, self.scales
         if not self._deforming():
             self._last_deformation = None
@@ -647,7 +647,9 @@ class GSTalkerModel(SplatfactoModel):
         """(means, quats, log-scales, colours or SH, opacity logits, SH degree) of one frame."""
         return self._driven_gaussians(camera_to_world, *self._drive_if_deforming(frame_idx))
 
-    def _driven_gaussians(self, camera_to_world: torch.Tensor, code: torch.Tensor, blink: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def _driven_gaussians(
+        self, camera_to_world: torch.Tensor, code: Optional[torch.Tensor], blink: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, ...]:
         """`_frame_gaussians` for a given drive."""
         means, quats, scales = self._deformed(camera_to_world, code, blink)
         deformation = self._last_deformation
