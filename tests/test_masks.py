@@ -189,6 +189,9 @@ def test_plate_from_the_masks_stage_s_samples_equals_the_plate_from_files(subjec
         from_samples = background_plate(root / "frames", masks_dir, dilate_px=4, max_frames=max_frames, samples=samples)
         from_files = background_plate(root / "frames", masks_dir, dilate_px=4, max_frames=max_frames)
         assert np.array_equal(from_samples[0], from_files[0]) and np.array_equal(from_samples[1], from_files[1])
+        # samples collected with other settings are not used for this call's plate
+        other = background_plate(root / "frames", masks_dir, dilate_px=0, max_frames=max_frames, samples=samples)
+        assert np.array_equal(other[0], background_plate(root / "frames", masks_dir, dilate_px=0, max_frames=max_frames)[0])
     partial = PlateSamples(count, dilate_px=4)
     partial.add(0, *(np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256), np.uint8)))
     assert not partial.complete  # background_plate then reads the files

@@ -95,6 +95,7 @@ class PlateSamples:
     need not read them back from disk. The same pixels either way: the plate is byte-identical."""
 
     def __init__(self, num_frames: int, dilate_px: int = 8, max_frames: int = 300):
+        self.settings = (int(dilate_px), int(max_frames))
         self.slots = {k: j for j, k in enumerate(_sample_indices(num_frames, int(max_frames)))}
         self.kernel = _kernel(dilate_px)
         self.stack: Optional[np.ndarray] = None
@@ -127,12 +128,12 @@ def background_plate(
     frames_dir: Path, masks_dir: Path, dilate_px: int = 8, max_frames: int = 300, samples: Optional[PlateSamples] = None
 ) -> Tuple[np.ndarray, np.ndarray]:
     """(plate RGB uint8 [H, W, 3], never_seen bool [H, W]) from the frames and their label maps
-    (or from `samples`, when the masks stage collected every sampled frame)."""
+    (or from `samples`, when the masks stage collected every sampled frame with these settings)."""
     import cv2
 
     if max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    if samples is not None and samples.complete:
+    if samples is not None and samples.complete and samples.settings == (int(dilate_px), int(max_frames)):
         stack, valid = samples.stack, samples.valid
     else:
         stack, valid = _load_samples(Path(frames_dir), Path(masks_dir), dilate_px, int(max_frames))
